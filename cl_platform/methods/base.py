@@ -1,0 +1,113 @@
+"""The interface every continual-learning method implements.
+
+A method has a name, builds its adapter on a backbone, and may add loss terms to the task's
+cross-entropy. Hooks around each task (``before_task`` / ``after_task``) and a state dict let a
+method with its own state (a replay buffer, EWC importances) plug in without touching the others
+or the training loop.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar, Optional
+
+import torch
+from torch import nn
+
+from cl_platform.models.modality import ModalitySpec
+from cl_platform.train.kd import TeacherTargets
+
+
+@dataclass
+class MethodConfig:
+    """Hyperparameters shared by the methods (each method reads the fields it needs).
+
+    Attributes:
+        r_text: rank of each text expert (MoDE, MoELoRA) or of the plain LoRA (SeqLoRA).
+        r_image: rank of MoDE's visual LoRA.
+        num_experts: text experts (MoDE, MoELoRA).
+        lora_alpha: LoRA scaling numerator (scale = alpha / rank).
+        lora_dropout: dropout on the adapter input.
+        target_modules: linear layers to adapt.
+        kd_weight: lambda of the KD term (methods with KD only).
+        kd_temperature: T of the KD term.
+        kd_top_k: K, teacher ids the KD distributions are renormalised on.
+        seed: seed of the adapter initialisation.
+    """
+
+    r_text: int = 8
+    r_image: int = 8
+    num_experts: int = 4
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["gate_proj", "up_proj", "down_proj"])
+    kd_weight: float = 0.3
+    kd_temperature: float = 2.0
+    kd_top_k: int = 256
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class KDBatch:
+    """A batch of the image-generation stream with the frozen teacher's targets.
+
+    Attributes:
+        input_ids: ``[B, L]`` token ids.
+        attention_mask: ``[B, L]`` 1 for real tokens, 0 for padding.
+        loss_mask: ``[B, L]`` True at the logit positions the KD term counts (positions that
+            predict image tokens of the stream, padding excluded).
+        targets: the teacher's top-K ids and log-probs aligned with the logits.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    loss_mask: torch.Tensor
+    targets: TeacherTargets
+
+
+@dataclass
+class StepInputs:
+    """What the training loop hands a method at each step besides the task batch's loss."""
+
+    task_batch: dict[str, torch.Tensor]
+    kd_batch: Optional[KDBatch] = None
+    step: int = 0
+
+
+class ContinualMethod(ABC):
+    """A continual-learning method: build the adapter, add loss terms, keep its own state."""
+
+    #: registry name (``--method NAME``)
+    name: ClassVar[str]
+    #: one-line description for ``--help`` and reports
+    description: ClassVar[str] = ""
+    #: whether the training loop must supply :class:`KDBatch` inputs (teacher cache needed)
+    needs_teacher: ClassVar[bool] = False
+
+    def __init__(self, config: Optional[MethodConfig] = None) -> None:
+        self.config = config or MethodConfig()
+
+    @abstractmethod
+    def build(self, model: nn.Module, spec: ModalitySpec) -> nn.Module:
+        """Wrap ``model`` with this method's adapter (a ``peft.PeftModel``); the backbone stays frozen."""
+
+    def loss_terms(self, model: nn.Module, inputs: StepInputs) -> dict[str, torch.Tensor]:
+        """Extra loss terms (already weighted) added to the task cross-entropy. Default: none."""
+        return {}
+
+    def before_task(self, model: nn.Module, task: str) -> None:
+        """Called before training on ``task`` (e.g. snapshot parameters)."""
+
+    def after_task(self, model: nn.Module, task: str, data: Any = None) -> None:
+        """Called after training on ``task`` (e.g. fill a replay buffer, compute importances)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Method state saved in checkpoints besides the adapter weights."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
