@@ -1,9 +1,121 @@
-"""Shared pytest set-up: Ray and AWS environment for every test."""
+"""Shared pytest set-up: Ray and AWS environment for every test, and a local S3 (moto) server.
+
+Fixtures:
+    moto_s3: session-wide moto S3 server on 127.0.0.1 (free port) with one bucket; a
+        :class:`MotoS3` with its endpoint, bucket and credentials.
+    s3_url: ``s3://<bucket>/<unique prefix>`` for one test, with the standard AWS variables
+        (endpoint, credentials, region) pointing at the moto server for that test only.
+    store_url: parametrised over both backends: ``file://<tmp_path>/store`` and ``s3_url``.
+    store: a :class:`cl_platform.store.Store` at ``store_url``.
+"""
+
+from __future__ import annotations
 
 import os
+import socket
+import uuid
+from dataclasses import dataclass
+
+import pytest
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@dataclass(frozen=True)
+class MotoS3:
+    """A running moto S3 server.
+
+    Attributes:
+        endpoint_url: ``http://127.0.0.1:<port>``.
+        bucket: a bucket created for the test session.
+        key, secret, region: the (fake) credentials and region the server accepts.
+    """
+
+    endpoint_url: str
+    bucket: str
+    key: str = "testing"
+    secret: str = "testing"
+    region: str = "us-east-1"
+
+    def env(self) -> dict[str, str]:
+        """The AWS environment variables that point a client at this server."""
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint_url,
+            "AWS_ENDPOINT_URL_S3": self.endpoint_url,
+            "AWS_ACCESS_KEY_ID": self.key,
+            "AWS_SECRET_ACCESS_KEY": self.secret,
+            "AWS_DEFAULT_REGION": self.region,
+            "AWS_REGION": self.region,
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
+
+    def options(self) -> dict[str, str]:
+        """The same settings as explicit ``Store`` options."""
+        return {"endpoint_url": self.endpoint_url, "key": self.key, "secret": self.secret, "region": self.region}
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def moto_s3() -> MotoS3:
+    """Start moto's S3 server once per session, create a bucket, stop the server at the end."""
+    pytest.importorskip("moto.server")
+    import logging
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one INFO line per request otherwise
+
+    # A proxy in the environment must not intercept calls to the local server.
+    for name in ("NO_PROXY", "no_proxy"):
+        os.environ[name] = ",".join(filter(None, [os.environ.get(name, ""), "127.0.0.1", "localhost"]))
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        moto = MotoS3(endpoint_url=f"http://127.0.0.1:{port}", bucket=f"cl-test-{uuid.uuid4().hex[:8]}")
+        client = boto3.client(
+            "s3",
+            endpoint_url=moto.endpoint_url,
+            aws_access_key_id=moto.key,
+            aws_secret_access_key=moto.secret,
+            region_name=moto.region,
+        )
+        client.create_bucket(Bucket=moto.bucket)
+        yield moto
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_url(moto_s3: MotoS3, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh ``s3://bucket/prefix`` for one test; AWS env vars point at moto during the test."""
+    for name, value in moto_s3.env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    return f"s3://{moto_s3.bucket}/t-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(params=["file", "s3"])
+def store_url(request: pytest.FixtureRequest, tmp_path) -> str:
+    """The same test on a local store and on the moto S3 store."""
+    if request.param == "file":
+        return f"file://{tmp_path}/store"
+    return request.getfixturevalue("s3_url")
+
+
+@pytest.fixture
+def store(store_url: str):
+    from cl_platform.store import Store
+
+    return Store(store_url)

@@ -1,0 +1,603 @@
+"""One artifact store for everything the platform persists: tasks, streams, runs, caches.
+
+A :class:`Store` is a root URL plus paths relative to it. Two backends, one API:
+
+- ``file://<abs path>`` (or a plain local path); the default is ``file://<cwd>/.cl_store``.
+- ``s3://bucket/prefix`` through s3fs. Endpoint, credentials and region come from explicit
+  options (``endpoint_url=``, ``key=``, ``secret=``, ``token=``, ``region=``) or else from the
+  standard AWS environment variables (``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``,
+  ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``,
+  ``AWS_REGION`` / ``AWS_DEFAULT_REGION``), read once when the store is built.
+
+Paths are relative, ``/``-separated, and checked before any join: an empty component, ``.``,
+``..``, a leading ``/`` or a backslash raises ``ValueError`` naming the path.
+
+Atomicity (what a concurrent reader can observe):
+
+- ``write_bytes`` / ``write_json`` / ``write_parquet`` / ``open_write`` never expose a partial
+  object. On ``file://`` the data goes to a hidden temp file in the target directory
+  (``.cl-tmp-*``), is fsync'ed, then ``os.replace``'d over the target; a failing writer leaves
+  neither the target nor the temp file behind. On S3 an object becomes visible only when its
+  single PUT (or its multipart upload) completes, so a reader sees the old object or the new
+  one, never half of one; a failing writer uploads nothing.
+- ``write_bytes_if_absent`` is a conditional create (first writer wins): on ``file://`` the
+  complete temp file is hard-linked to the target (``link`` fails if the target exists); on S3 it
+  is a PUT with ``If-None-Match: *`` (supported by AWS S3 since 2024 and by moto). An S3-compatible
+  server that ignores that header would silently overwrite; such a server is not supported for
+  leases. A filesystem without hard links falls back to ``O_EXCL`` create-then-write, which is
+  exclusive but lets a reader see the object before its content is complete.
+- ``put_dir`` writes each file atomically but the directory as a whole is not atomic: write a
+  marker (e.g. ``_READY``) after it when readers need the whole directory.
+
+Listings are never cached (``use_listings_cache=False`` for s3fs): the scheduler polls the store
+for objects other processes write. Temp files of in-flight local writes are hidden from
+``list``/``walk``/``glob``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import errno
+import json
+import os
+import posixpath
+import shutil
+import tempfile
+import uuid
+from dataclasses import dataclass
+from typing import IO, Any, Iterator
+from urllib.parse import urlparse
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+#: Directory name of the default store, under the current working directory.
+DEFAULT_STORE_DIRNAME = ".cl_store"
+
+#: Prefix of the hidden temp files that local atomic writes create next to their target.
+TMP_PREFIX = ".cl-tmp-"
+
+# Objects larger than this are staged on local disk (not in memory) before an S3 upload.
+_S3_SPOOL_BYTES = 64 * 2**20
+
+
+@dataclass(frozen=True)
+class StoreInfo:
+    """What the store knows about one path.
+
+    Attributes:
+        path: the path relative to the store root.
+        size: size in bytes (0 for a directory / prefix).
+        mtime: modification time as seconds since the epoch (UTC); ``None`` for an S3 prefix,
+            which has no time of its own. S3 times have one-second resolution.
+        is_dir: True for a directory (file://) or a common prefix (S3).
+    """
+
+    path: str
+    size: int
+    mtime: float | None
+    is_dir: bool
+
+
+def default_store_url() -> str:
+    """``file://<cwd>/.cl_store``: where a store lives when no URL is given."""
+    return "file://" + os.path.join(os.getcwd(), DEFAULT_STORE_DIRNAME)
+
+
+def check_path(path: str, *, allow_root: bool = False, what: str = "store path") -> str:
+    """Validate a store-relative path and return it unchanged.
+
+    Raises ``ValueError`` naming the path if it is absolute, has an empty, ``.`` or ``..``
+    component, or contains a backslash or NUL. ``""`` (the root) is allowed only when
+    ``allow_root`` is set.
+    """
+    if not isinstance(path, str):
+        raise TypeError(f"{what} must be a str, got {type(path).__name__}: {path!r}")
+    if path == "":
+        if allow_root:
+            return path
+        raise ValueError(f"{what} {path!r}: empty path (the store root) is not allowed here")
+    if path.startswith("/"):
+        raise ValueError(f"{what} {path!r}: absolute paths are not allowed; give a path relative to the store root")
+    if "\\" in path or "\x00" in path:
+        raise ValueError(f"{what} {path!r}: backslash and NUL characters are not allowed")
+    for part in path.split("/"):
+        if part in ("", ".", ".."):
+            shown = part or "(empty)"
+            raise ValueError(f"{what} {path!r}: component {shown!r} is not allowed (no empty, '.' or '..' components)")
+    return path
+
+
+def join(*parts: str) -> str:
+    """Join store-relative path pieces with ``/`` (empty pieces are dropped)."""
+    return "/".join(p.strip("/") for p in parts if p and p.strip("/"))
+
+
+class Store:
+    """An fsspec-backed artifact store rooted at a URL (see the module docstring).
+
+    Args:
+        url: ``file://...``, a plain local path, or ``s3://bucket[/prefix]``; ``None`` means
+            :func:`default_store_url`.
+        **storage_options: for S3 only: ``endpoint_url``, ``key``, ``secret``, ``token``,
+            ``region``, plus anything else ``s3fs.S3FileSystem`` accepts.
+
+    A store pickles as its URL and resolved options (credentials included), so it can be shipped
+    to Ray workers; the filesystem object is rebuilt lazily on the other side.
+    """
+
+    def __init__(self, url: str | None = None, **storage_options: Any) -> None:
+        url = default_store_url() if url is None else str(url)
+        if not url:
+            raise ValueError("store URL is empty")
+        scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+        if scheme in ("", "file"):
+            if storage_options:
+                raise TypeError(f"store {url!r}: storage options {sorted(storage_options)} are only used by s3:// stores")
+            local = url.split("://", 1)[1] if scheme else url
+            if not local:
+                raise ValueError(f"store URL {url!r} has no path")
+            self.protocol = "file"
+            self._root = os.path.abspath(os.path.expanduser(local)).replace(os.sep, "/").rstrip("/") or "/"
+            self._options: dict[str, Any] = {}
+        elif scheme in ("s3", "s3a"):
+            rest = url.split("://", 1)[1].strip("/")
+            bucket = rest.split("/", 1)[0]
+            if not bucket:
+                raise ValueError(f"store URL {url!r}: no bucket name")
+            prefix = rest[len(bucket):].strip("/")
+            if prefix:
+                check_path(prefix, what=f"store URL {url!r} prefix")
+            self.protocol = "s3"
+            self._root = join(bucket, prefix)
+            self._options = _resolve_s3_options(storage_options)
+        else:
+            raise ValueError(f"store URL {url!r}: unsupported scheme {scheme!r}; use file://, a local path, or s3://")
+        self._fs: fsspec.AbstractFileSystem | None = None
+
+    # ----------------------------------------------------------------------------- plumbing
+
+    @property
+    def url(self) -> str:
+        """The root URL, normalised (``file:///abs/path`` or ``s3://bucket/prefix``)."""
+        return self.uri("")
+
+    @property
+    def is_local(self) -> bool:
+        return self.protocol == "file"
+
+    @property
+    def fs(self) -> fsspec.AbstractFileSystem:
+        """The fsspec filesystem (built on first use)."""
+        if self._fs is None:
+            if self.is_local:
+                self._fs = fsspec.filesystem("file", auto_mkdir=True)
+            else:
+                import s3fs  # imported lazily: a local store does not need it
+
+                opts = dict(self._options)
+                region = opts.pop("region", None)
+                client_kwargs = dict(opts.pop("client_kwargs", None) or {})
+                if region:
+                    client_kwargs.setdefault("region_name", region)
+                opts.setdefault("use_listings_cache", False)
+                self._fs = s3fs.S3FileSystem(client_kwargs=client_kwargs, **opts)
+        return self._fs
+
+    def __getstate__(self) -> dict:
+        return {"protocol": self.protocol, "_root": self._root, "_options": dict(self._options), "_fs": None}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+
+    def __repr__(self) -> str:
+        return f"Store({self.url!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Store) and other.url == self.url
+
+    def __hash__(self) -> int:
+        return hash(self.url)
+
+    def _full(self, path: str, *, allow_root: bool = False) -> str:
+        check_path(path, allow_root=allow_root)
+        return self._root if path == "" else f"{self._root.rstrip('/')}/{path}"
+
+    def _rel(self, full: str) -> str:
+        full = full.rstrip("/")
+        if self.protocol == "s3":
+            full = full.split("://", 1)[-1]
+        root = self._root.rstrip("/")
+        if full == root:
+            return ""
+        if not full.startswith(root + "/"):
+            raise RuntimeError(f"store {self.url}: listed path {full!r} is outside the root")
+        return full[len(root) + 1:]
+
+    def uri(self, path: str = "") -> str:
+        """Full URL of ``path``: ``file:///abs/root/path`` or ``s3://bucket/prefix/path``."""
+        full = self._full(path, allow_root=True)
+        return ("file://" if self.is_local else "s3://") + full
+
+    def sub(self, path: str) -> "Store":
+        """A store rooted at ``path`` inside this one, sharing its options."""
+        check_path(path)
+        child = object.__new__(Store)
+        child.__setstate__(self.__getstate__())
+        child._root = self._full(path)
+        return child
+
+    # ----------------------------------------------------------------------------- reads
+
+    def read_bytes(self, path: str) -> bytes:
+        """The whole object at ``path``; ``FileNotFoundError`` naming the URI if absent."""
+        full = self._full(path)
+        try:
+            return self.fs.cat_file(full)
+        except FileNotFoundError:
+            raise FileNotFoundError(errno.ENOENT, "no such object in the store", self.uri(path)) from None
+        except IsADirectoryError:
+            raise IsADirectoryError(errno.EISDIR, "is a directory, not an object", self.uri(path)) from None
+
+    def read_json(self, path: str) -> Any:
+        """Parse the object at ``path`` as UTF-8 JSON (``json.JSONDecodeError`` if it is not)."""
+        return json.loads(self.read_bytes(path).decode("utf-8"))
+
+    def read_parquet(self, path: str, columns: list[str] | None = None) -> pa.Table:
+        """Read a parquet object into a ``pyarrow.Table`` (streamed from the store, read once)."""
+        full = self._full(path)
+        try:
+            with self.fs.open(full, "rb") as f:
+                return pq.read_table(f, columns=columns)
+        except FileNotFoundError:
+            raise FileNotFoundError(errno.ENOENT, "no such object in the store", self.uri(path)) from None
+
+    @contextlib.contextmanager
+    def open_read(self, path: str) -> Iterator[IO[bytes]]:
+        """A binary file object for streaming reads of ``path``."""
+        full = self._full(path)
+        try:
+            f = self.fs.open(full, "rb")
+        except FileNotFoundError:
+            raise FileNotFoundError(errno.ENOENT, "no such object in the store", self.uri(path)) from None
+        with f:
+            yield f
+
+    # ----------------------------------------------------------------------------- writes
+
+    @contextlib.contextmanager
+    def open_write(self, path: str) -> Iterator[IO[bytes]]:
+        """Write ``path`` through a binary file object; the object appears only on a clean exit.
+
+        If the ``with`` body raises, nothing is written and no temp file is left (see the module
+        docstring for the per-backend mechanics).
+        """
+        full = self._full(path)
+        if self.is_local:
+            with _local_atomic_file(full) as f:
+                yield f
+            return
+        with tempfile.SpooledTemporaryFile(max_size=_S3_SPOOL_BYTES) as spool:
+            yield spool
+            spool.flush()
+            size = spool.tell()
+            spool.seek(0)
+            if size <= _S3_SPOOL_BYTES:
+                self.fs.pipe_file(full, spool.read())
+            else:
+                # Large object: stage it as a named file so s3fs can do a multipart upload,
+                # which becomes visible only when it completes.
+                with tempfile.NamedTemporaryFile() as staged:
+                    shutil.copyfileobj(spool, staged)
+                    staged.flush()
+                    self.fs.put_file(staged.name, full)
+
+    def write_bytes(self, path: str, data: bytes) -> None:
+        """Atomically create or replace the object at ``path`` with ``data``."""
+        data = bytes(data)
+        full = self._full(path)
+        if self.is_local:
+            with _local_atomic_file(full) as f:
+                f.write(data)
+        else:
+            self.fs.pipe_file(full, data)
+
+    def write_json(self, path: str, obj: Any, *, indent: int | None = 2) -> None:
+        """Atomically write ``obj`` as UTF-8 JSON (serialised first: a bad object writes nothing)."""
+        text = json.dumps(obj, indent=indent, ensure_ascii=False, allow_nan=False)
+        self.write_bytes(path, (text + "\n").encode("utf-8"))
+
+    def write_parquet(self, path: str, table: pa.Table, **write_options: Any) -> None:
+        """Atomically write ``table`` as parquet (``write_options`` go to ``pyarrow.parquet.write_table``)."""
+        with self.open_write(path) as f:
+            pq.write_table(table, f, **write_options)
+
+    def write_bytes_if_absent(self, path: str, data: bytes) -> bool:
+        """Create ``path`` with ``data`` only if nothing is there; True if this call created it.
+
+        Exactly one of several concurrent callers gets True (see the module docstring for the
+        mechanics and the one documented exception). On S3, a PUT that succeeded but whose
+        response was lost and retried by the client reports False.
+        """
+        data = bytes(data)
+        full = self._full(path)
+        if self.is_local:
+            return _local_create_exclusive(full, data)
+        try:
+            self.fs.pipe_file(full, data, mode="create")
+        except FileExistsError:
+            return False
+        except OSError as exc:  # 409: another conditional write to this key is in flight
+            if "ConditionalRequestConflict" in str(exc):
+                return False
+            raise
+        return True
+
+    def put_dir(self, local_dir: str | os.PathLike, path: str) -> list[str]:
+        """Upload every file under ``local_dir`` to ``path/<relative path>``; returns the store paths.
+
+        Each file is written atomically; the set of files is not (write a marker afterwards).
+        Symbolic links to files are followed; empty directories are not represented.
+        """
+        local_dir = os.fspath(local_dir)
+        if not os.path.isdir(local_dir):
+            raise NotADirectoryError(errno.ENOTDIR, "put_dir needs a local directory", local_dir)
+        check_path(path)
+        pairs: list[tuple[str, str]] = []
+        for dirpath, dirnames, filenames in os.walk(local_dir):
+            dirnames.sort()
+            for name in sorted(filenames):
+                lpath = os.path.join(dirpath, name)
+                rel = os.path.relpath(lpath, local_dir).replace(os.sep, "/")
+                pairs.append((lpath, join(path, check_path(rel, what=f"file under {local_dir!r}"))))
+        if self.is_local:
+            for lpath, rpath in pairs:
+                with open(lpath, "rb") as src, _local_atomic_file(self._full(rpath)) as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+        elif pairs:
+            self.fs.put([lp for lp, _ in pairs], [self._full(rp) for _, rp in pairs])
+        return sorted(rp for _, rp in pairs)
+
+    def get_dir(self, path: str, local_dir: str | os.PathLike) -> str:
+        """Download every object under ``path`` into ``local_dir`` (created); returns ``local_dir``."""
+        local_dir = os.fspath(local_dir)
+        files = self.walk(path)
+        if not files:
+            raise FileNotFoundError(errno.ENOENT, "no objects under this prefix", self.uri(path))
+        lpaths = []
+        for rel in files:
+            sub = rel[len(path) + 1:] if rel != path else posixpath.basename(rel)
+            lpath = os.path.join(local_dir, *sub.split("/"))
+            os.makedirs(os.path.dirname(lpath), exist_ok=True)
+            lpaths.append(lpath)
+        self.fs.get([self._full(r) for r in files], lpaths)
+        return local_dir
+
+    def delete(self, path: str, *, recursive: bool = False, missing_ok: bool = False) -> None:
+        """Delete an object, or a whole prefix with ``recursive=True``.
+
+        ``FileNotFoundError`` if nothing is there (unless ``missing_ok``); ``IsADirectoryError``
+        for a directory / prefix without ``recursive``.
+        """
+        full = self._full(path)
+        if not self.fs.exists(full):
+            if missing_ok:
+                return
+            raise FileNotFoundError(errno.ENOENT, "nothing to delete", self.uri(path))
+        if self.fs.isdir(full):
+            if not recursive:
+                raise IsADirectoryError(errno.EISDIR, "is a directory; pass recursive=True to delete it", self.uri(path))
+            self.fs.rm(full, recursive=True)
+        else:
+            self.fs.rm_file(full)
+        if self.is_local:
+            # Like S3, where a prefix exists only while objects are under it.
+            _prune_empty_dirs(os.path.dirname(full), stop=self._root)
+
+    # ----------------------------------------------------------------------------- listing
+
+    def exists(self, path: str) -> bool:
+        """True if an object or a non-empty prefix exists at ``path``."""
+        return bool(self.fs.exists(self._full(path, allow_root=True)))
+
+    def is_dir(self, path: str) -> bool:
+        """True for a directory (file://) or a non-empty prefix (S3)."""
+        return bool(self.fs.isdir(self._full(path, allow_root=True)))
+
+    def list(self, prefix: str = "") -> list[str]:
+        """Names (not paths) of the immediate children of ``prefix``, sorted; ``[]`` if it is absent.
+
+        ``NotADirectoryError`` if ``prefix`` is an object.
+        """
+        full = self._full(prefix, allow_root=True)
+        try:
+            entries = self.fs.ls(full, detail=True)
+        except (FileNotFoundError, NotADirectoryError):
+            if self.is_local and os.path.isfile(full):
+                raise NotADirectoryError(errno.ENOTDIR, "is an object, not a prefix", self.uri(prefix)) from None
+            return []
+        if len(entries) == 1 and entries[0]["type"] == "file" and entries[0]["name"].rstrip("/").split("://")[-1] == full:
+            raise NotADirectoryError(errno.ENOTDIR, "is an object, not a prefix", self.uri(prefix))
+        names = {posixpath.basename(e["name"].rstrip("/")) for e in entries}
+        return sorted(n for n in names if n and not n.startswith(TMP_PREFIX))
+
+    def walk(self, prefix: str = "") -> list[str]:
+        """Store paths of every object under ``prefix`` (recursively), sorted; ``[]`` if absent."""
+        full = self._full(prefix, allow_root=True)
+        try:
+            found = self.fs.find(full)
+        except FileNotFoundError:
+            return []
+        out = [self._rel(f) for f in found]
+        return sorted(p for p in out if p and not posixpath.basename(p).startswith(TMP_PREFIX))
+
+    def glob(self, pattern: str) -> list[str]:
+        """Store paths matching a glob ``pattern`` relative to the root (``tasks/*/_READY``), sorted."""
+        check_path(pattern, what="glob pattern")
+        found = self.fs.glob(self._full(pattern))
+        out = [self._rel(f) for f in found]
+        return sorted(p for p in out if p and not posixpath.basename(p).startswith(TMP_PREFIX))
+
+    def info(self, path: str) -> StoreInfo:
+        """Size, modification time and kind of ``path``; ``FileNotFoundError`` if absent."""
+        full = self._full(path, allow_root=True)
+        try:
+            raw = self.fs.info(full)
+        except FileNotFoundError:
+            raise FileNotFoundError(errno.ENOENT, "no such object in the store", self.uri(path)) from None
+        is_dir = raw.get("type") == "directory"
+        mtime = raw.get("mtime", raw.get("LastModified", raw.get("last_modified")))
+        if isinstance(mtime, _dt.datetime):
+            if mtime.tzinfo is None:
+                mtime = mtime.replace(tzinfo=_dt.timezone.utc)
+            mtime = mtime.timestamp()
+        return StoreInfo(path=path, size=int(raw.get("size") or 0), mtime=None if mtime is None else float(mtime), is_dir=is_dir)
+
+    def mtime(self, path: str) -> float:
+        """Modification time of the object at ``path`` (seconds since the epoch)."""
+        info = self.info(path)
+        if info.mtime is None:
+            raise IsADirectoryError(errno.EISDIR, "an S3 prefix has no modification time; ask for an object", self.uri(path))
+        return info.mtime
+
+    # ----------------------------------------------------------------------------- interop
+
+    def storage_options(self) -> dict[str, Any]:
+        """The resolved fsspec storage options (for ``fsspec.open(store.uri(p), **opts)``)."""
+        return {} if self.is_local else dict(self._options)
+
+    def pyarrow_filesystem(self) -> tuple[Any, str]:
+        """``(pyarrow.fs.FileSystem, root path without scheme)`` for Ray Data / Ray Train.
+
+        For S3: an ``S3FileSystem`` with the same credentials, region and endpoint (as
+        ``endpoint_override`` + ``scheme``); paths given to Ray are ``<root>/<path>`` with no
+        ``s3://``. For file://: a ``LocalFileSystem`` and the absolute root directory.
+        """
+        import pyarrow.fs as pafs
+
+        if self.is_local:
+            return pafs.LocalFileSystem(), self._root
+        opts = self._options
+        kwargs: dict[str, Any] = {
+            "access_key": opts.get("key"),
+            "secret_key": opts.get("secret"),
+            "session_token": opts.get("token"),
+            "region": opts.get("region") or "us-east-1",
+        }
+        endpoint = opts.get("endpoint_url")
+        if endpoint:
+            parsed = urlparse(endpoint if "://" in endpoint else "https://" + endpoint)
+            kwargs["endpoint_override"] = parsed.netloc + parsed.path.rstrip("/")
+            kwargs["scheme"] = parsed.scheme
+        if opts.get("anon"):
+            kwargs = {"anonymous": True, **{k: v for k, v in kwargs.items() if k not in ("access_key", "secret_key", "session_token")}}
+        kwargs = {k: v for k, v in kwargs.items() if v is not None}
+        return pafs.S3FileSystem(**kwargs), self._root
+
+
+def as_store(store: "Store | str | None") -> Store:
+    """Accept a :class:`Store`, a URL / path, or ``None`` (the default store)."""
+    return store if isinstance(store, Store) else Store(store)
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+def _resolve_s3_options(options: dict[str, Any]) -> dict[str, Any]:
+    """Fill endpoint / credentials / region from the AWS environment where not given explicitly."""
+    opts = dict(options)
+    env = os.environ
+
+    def pick(key: str, *env_names: str) -> None:
+        if opts.get(key) is None:
+            for name in env_names:
+                if env.get(name):
+                    opts[key] = env[name]
+                    return
+            opts.pop(key, None)
+
+    pick("endpoint_url", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+    if not opts.get("anon"):
+        pick("key", "AWS_ACCESS_KEY_ID")
+        pick("secret", "AWS_SECRET_ACCESS_KEY")
+        pick("token", "AWS_SESSION_TOKEN")
+    pick("region", "AWS_REGION", "AWS_DEFAULT_REGION")
+    return opts
+
+
+@contextlib.contextmanager
+def _local_atomic_file(full: str) -> Iterator[IO[bytes]]:
+    """Yield a temp file next to ``full``; fsync + ``os.replace`` it over ``full`` on success."""
+    directory, base = os.path.split(full)
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{base}-", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, full)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _prune_empty_dirs(directory: str, *, stop: str) -> None:
+    """Remove ``directory`` and its empty parents, up to (not including) ``stop``."""
+    stop = os.path.abspath(stop)
+    directory = os.path.abspath(directory)
+    while directory != stop and directory.startswith(stop + os.sep):
+        try:
+            os.rmdir(directory)
+        except OSError:  # not empty (or already gone / raced): stop here
+            return
+        directory = os.path.dirname(directory)
+
+
+def _local_create_exclusive(full: str, data: bytes) -> bool:
+    """Conditional create on a local filesystem: write a complete temp file, then hard-link it."""
+    directory, base = os.path.split(full)
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f"{TMP_PREFIX}{base}-{uuid.uuid4().hex}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, full)
+            return True
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+                raise
+        # No hard links here: exclusive create, then write (a reader may briefly see it short).
+        try:
+            out = os.open(full, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(out, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        return True
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+__all__ = [
+    "DEFAULT_STORE_DIRNAME",
+    "Store",
+    "StoreInfo",
+    "as_store",
+    "check_path",
+    "default_store_url",
+    "join",
+]
