@@ -1,0 +1,239 @@
+"""Write the digits suite into a store: five tasks, two streams, the tokenizer, the judge, ``suite.json``.
+
+Store layout it produces (``<prefix>`` is empty by default)::
+
+    tasks/<prefix>parity ... tasks/<prefix>pair       the five tasks (task format, DESIGN.md §4)
+    streams/<prefix>kd, streams/<prefix>probe         the KD stream and the generation probe
+    suites/digits/tokenizer/                          tokenizer.json, tokenizer_config.json, special_tokens_map.json
+    suites/digits/judge.pkl                           the pickled DigitsJudge
+    suites/digits/judge.json                          its seed, sha256 and accuracy report
+    suites/digits/suite.json                          written last: sizes, task order, names, split
+
+Idempotent: an artifact already present and valid (it validates, and it holds exactly what this
+seed produces) is skipped; one present but different (another seed, an older build) raises
+:class:`SuiteConflictError` unless ``overwrite=True``; an interrupted write (no ``_READY``) is
+replaced. Every dataset manifest's ``meta`` carries a content fingerprint of its tables.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Callable
+
+import pyarrow as pa
+
+from cl_platform.data import TaskValidationError, read_stream, read_task, write_stream, write_task
+from cl_platform.store import Store, as_store
+from cl_platform.suites.digits import vocab as V
+from cl_platform.suites.digits.tasks import DigitsSuite, build_suite
+
+SUITE_DIR = "suites/digits"
+SUITE_JSON = f"{SUITE_DIR}/suite.json"
+JUDGE_PKL = f"{SUITE_DIR}/judge.pkl"
+JUDGE_JSON = f"{SUITE_DIR}/judge.json"
+TOKENIZER_DIR = f"{SUITE_DIR}/tokenizer"
+
+
+class SuiteConflictError(RuntimeError):
+    """The store already holds an artifact of this name with different content."""
+
+
+def table_fingerprint(*tables: pa.Table) -> str:
+    """sha256 of the tables' content (Arrow IPC stream of each, in order)."""
+    h = hashlib.sha256()
+    for t in tables:
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, t.schema) as w:
+            w.write_table(t.combine_chunks())
+        h.update(sink.getvalue().to_pybytes())
+    return h.hexdigest()
+
+
+def _status(store: Store, kind: str, name: str, fingerprint: str) -> str:
+    """``"absent"`` (nothing or an interrupted write), ``"same"`` or ``"different"``."""
+    root = f"{kind}s/{name}"
+    if not store.exists(root):
+        return "absent"
+    reader = read_task if kind == "task" else read_stream
+    try:
+        ds = reader(store, name, vocab_size=V.VOCAB_SIZE, image_token_ranges=V.DIGITS_SPEC.image_token_ranges)
+    except TaskValidationError as exc:
+        if exc.file == "_READY":
+            return "absent"  # still landing or interrupted: the writer replaces it
+        return "different"
+    meta = ds.manifest.get("meta") or {}
+    if ds.spec_id == V.DIGITS_SPEC.spec_id and meta.get("fingerprint") == fingerprint:
+        return "same"
+    return "different"
+
+
+def write_suite(
+    store: Store | str | None,
+    seed: int = 0,
+    *,
+    prefix: str = "",
+    overwrite: bool = False,
+    suite: DigitsSuite | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Write the digits suite for ``seed`` into ``store``; returns the ``suite.json`` content.
+
+    Args:
+        store: the store or its URL.
+        seed: the suite seed (split, rows, streams, judge negatives).
+        prefix: prepended to every task and stream name (``"digits-"`` -> ``tasks/digits-parity``).
+        overwrite: replace artifacts that exist with different content instead of raising.
+        suite: a pre-built suite for ``seed`` (built here when ``None``).
+        log: receives one line per artifact (written / skipped).
+    """
+    from cl_platform.eval.judge import DigitsJudge, train_digits_judge
+
+    store = as_store(store)
+    suite = suite if suite is not None else build_suite(seed)
+    if suite.seed != int(seed):
+        raise ValueError(f"write_suite: suite was built with seed {suite.seed}, asked for seed {seed}")
+    spec = suite.spec
+
+    def conflict(what: str) -> None:
+        if not overwrite:
+            raise SuiteConflictError(
+                f"{store.uri(what)} already exists with different content (another seed or an older build of the "
+                f"digits suite); pass overwrite=True (--overwrite) to replace it"
+            )
+
+    # -- tokenizer
+    files = V.tokenizer_files()
+    tok_state = _tokenizer_status(store, files)
+    if tok_state == "same":
+        log(f"skip   {TOKENIZER_DIR} (present)")
+    else:
+        if tok_state == "different":
+            conflict(TOKENIZER_DIR)
+        for fname, text in files.items():
+            store.write_bytes(f"{TOKENIZER_DIR}/{fname}", text.encode("utf-8"))
+        log(f"write  {TOKENIZER_DIR}")
+
+    # -- judge
+    judge_info = _read_json(store, JUDGE_JSON)
+    judge_ok = False
+    if judge_info is not None and store.exists(JUDGE_PKL):
+        data = store.read_bytes(JUDGE_PKL)
+        if judge_info.get("seed") == suite.seed and judge_info.get("sha256") == hashlib.sha256(data).hexdigest():
+            try:
+                DigitsJudge.from_bytes(data)
+                judge_ok = True
+            except ValueError:
+                pass
+    if judge_ok:
+        log(f"skip   {JUDGE_PKL} (present, seed {suite.seed}, accuracy {judge_info['report']['accuracy']:.3f})")
+    else:
+        if judge_info is not None and judge_info.get("seed") not in (None, suite.seed):
+            conflict(JUDGE_PKL)
+        judge, report = train_digits_judge(suite.seed)
+        if report.accuracy < 0.95:
+            raise RuntimeError(f"write_suite: the digits judge reached only {report.accuracy:.3f} held-out accuracy (< 0.95)")
+        data = judge.to_bytes()
+        store.write_bytes(JUDGE_PKL, data)
+        judge_info = {"class": "DigitsJudge", "seed": suite.seed, "sha256": hashlib.sha256(data).hexdigest(), "report": report.to_dict()}
+        store.write_json(JUDGE_JSON, judge_info)
+        log(f"write  {JUDGE_PKL} (held-out accuracy {report.accuracy:.3f}, not-a-digit recall {report.not_a_digit_recall:.3f})")
+
+    # -- streams and tasks
+    common_meta = {"suite": "digits", "seed": suite.seed}
+    names: dict[str, dict[str, str]] = {"tasks": {}, "streams": {}}
+    for sname, table in suite.streams.items():
+        name = f"{prefix}{sname}"
+        names["streams"][sname] = name
+        fp = table_fingerprint(table)
+        state = _status(store, "stream", name, fp)
+        if state == "same":
+            log(f"skip   streams/{name} (present)")
+            continue
+        if state == "different":
+            conflict(f"streams/{name}")
+        write_stream(
+            store, name, table, spec_id=spec.spec_id, vocab_size=spec.vocab_size, overwrite=True,
+            meta={**common_meta, "stream": sname, "fingerprint": fp},
+        )
+        log(f"write  streams/{name} ({table.num_rows} rows)")
+    for tname in suite.task_order:
+        task = suite.tasks[tname]
+        name = f"{prefix}{tname}"
+        names["tasks"][tname] = name
+        fp = table_fingerprint(task.train, task.eval)
+        state = _status(store, "task", name, fp)
+        if state == "same":
+            log(f"skip   tasks/{name} (present)")
+            continue
+        if state == "different":
+            conflict(f"tasks/{name}")
+        write_task(
+            store, name, task.train, task.eval, spec_id=spec.spec_id, vocab_size=spec.vocab_size, overwrite=True,
+            meta={**common_meta, "task": tname, "description": task.description,
+                  "answer_vocab": list(task.answer_vocab), "fingerprint": fp},
+        )
+        log(f"write  tasks/{name} ({task.train.num_rows} train, {task.eval.num_rows} eval rows)")
+
+    # -- suite.json, last
+    desc = suite.describe()
+    desc["names"] = names
+    desc["task_order_names"] = [names["tasks"][t] for t in suite.task_order]
+    desc["artifacts"] = {"tokenizer": TOKENIZER_DIR, "judge": JUDGE_PKL, "judge_info": JUDGE_JSON}
+    desc["judge"] = judge_info["report"]
+    existing = _read_json(store, SUITE_JSON)
+    if existing == desc:
+        log(f"skip   {SUITE_JSON} (present)")
+    else:
+        if existing is not None and existing.get("seed") != suite.seed:
+            conflict(SUITE_JSON)
+        store.write_json(SUITE_JSON, desc)
+        log(f"write  {SUITE_JSON}")
+    return desc
+
+
+def read_suite_info(store: Store | str | None) -> dict:
+    """The ``suite.json`` a previous :func:`write_suite` left in ``store`` (FileNotFoundError if none)."""
+    return as_store(store).read_json(SUITE_JSON)
+
+
+def load_judge(store: Store | str | None, path: str = JUDGE_PKL):
+    """The judge stored by :func:`write_suite` (an :class:`~cl_platform.eval.judge.ImageJudge`)."""
+    from cl_platform.eval.judge import ImageJudge
+
+    return ImageJudge.from_bytes(as_store(store).read_bytes(path))
+
+
+def _read_json(store: Store, path: str) -> dict | None:
+    if not store.exists(path):
+        return None
+    try:
+        obj = store.read_json(path)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _tokenizer_status(store: Store, files: dict[str, str]) -> str:
+    """Compare the stored tokenizer by meaning (vocabulary, specials, config), not bytes."""
+    present = [f for f in files if store.exists(f"{TOKENIZER_DIR}/{f}")]
+    if not present:
+        return "absent"
+    if len(present) != len(files):
+        return "different"
+    try:
+        from tokenizers import Tokenizer
+
+        stored = Tokenizer.from_str(store.read_bytes(f"{TOKENIZER_DIR}/tokenizer.json").decode("utf-8"))
+        same_vocab = stored.get_vocab(with_added_tokens=True) == V.TOKEN_TO_ID
+        same_cfg = all(
+            json.loads(store.read_bytes(f"{TOKENIZER_DIR}/{f}").decode("utf-8")) == json.loads(files[f])
+            for f in files if f.endswith(".json") and f != "tokenizer.json"
+        )
+    except Exception:  # noqa: BLE001 - anything unreadable counts as different
+        return "different"
+    return "same" if same_vocab and same_cfg else "different"
+
+
+__all__ = ["write_suite", "read_suite_info", "load_judge", "table_fingerprint", "SuiteConflictError",
+           "SUITE_JSON", "JUDGE_PKL", "JUDGE_JSON", "TOKENIZER_DIR"]
