@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Start a local Ray head for `ray job submit`: dashboard and job API on 127.0.0.1:8265, the
+# project's .venv/bin first on PATH (a job's `python` is the venv's), usage stats off, auth off.
+# Records the head in .ray_local/head.json and returns once the dashboard answers.
+# Stop it with infra/local/ray-down.sh (never `ray stop`: it kills every Ray on the machine).
+#
+# Overrides: RAY_LOCAL_DIR, RAY_DASHBOARD_PORT, RAY_HEAD_PORT, RAY_NUM_CPUS, RAY_NUM_GPUS, VENV,
+# RAY_UP_TIMEOUT_S (see infra/local/ray_local.py).
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(cd "$here/../.." && pwd)"
+venv="${VENV:-.venv}"
+case "$venv" in /*) ;; *) venv="$repo/$venv" ;; esac
+if [ ! -x "$venv/bin/python" ]; then
+    echo "ray-up: no Python at $venv/bin/python; create the venv first (make venv) or set VENV" >&2
+    exit 1
+fi
+export VENV="$venv"
+exec "$venv/bin/python" "$here/ray_local.py" up
