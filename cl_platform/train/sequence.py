@@ -1,0 +1,196 @@
+"""The driver of a continual-learning sequence: validate, prepare, fit on Ray Train, report.
+
+``run_sequence`` checks every task before anything starts (a corrupt task is an immediate error
+naming it), checks the requested workers against the cluster, computes the teacher cache once per
+(base model, KD stream, K, T), then runs one ``TorchTrainer.fit`` per method whose loop walks all
+rounds (:mod:`cl_platform.train.worker`), and finally writes ``results.json`` and the report.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import replace
+from typing import Any, Callable, Optional, Sequence
+
+from cl_platform.data.task_format import read_stream, read_task
+from cl_platform.methods import MethodConfig, get_method
+from cl_platform.models.modality import ModalitySpec
+from cl_platform.store import Store
+from cl_platform.train.config import SequenceConfig
+from cl_platform.train.ledger import Ledger
+
+
+def model_identity(store: Store, model_uri: str) -> str:
+    """A stable id of a stored model directory: its URI and the sha256 of its config and file sizes."""
+    prefix = model_uri[len(store.uri("")):].strip("/") if model_uri.startswith(store.uri("")) else None
+    h = hashlib.sha256(model_uri.encode())
+    if prefix is not None and store.exists(f"{prefix}/config.json"):
+        h.update(store.read_bytes(f"{prefix}/config.json"))
+        for name in store.list(prefix):
+            h.update(f"{name}:{store.info(f'{prefix}/{name}').size}".encode())
+    return h.hexdigest()
+
+
+def ensure_teacher_cache(store: Store, model_uri: str, stream: str, spec: ModalitySpec, *, k: int,
+                         temperature: float, log: Callable[[str], None] = print) -> str:
+    """Store path of the teacher cache for (base model, stream, K, T), computing it if absent."""
+    from cl_platform.models.chameleon import load_model
+    from cl_platform.train.teacher_cache import cache_key, compute_teacher_cache
+
+    manifest = store.read_json(f"streams/{stream}/manifest.json")
+    stream_id = f"{stream}:" + hashlib.sha256(json.dumps(manifest.get("files", {}), sort_keys=True).encode()).hexdigest()
+    key = cache_key(model_identity(store, model_uri), stream_id, k, temperature)
+    path = f"cache/teacher/{key}.safetensors"
+    if store.exists(path):
+        log(f"teacher cache: reusing {store.uri(path)}")
+        return path
+    t0 = time.time()
+    model = load_model(model_uri)
+    rows = read_stream(store, stream, vocab_size=spec.vocab_size).data.column("tokens").to_pylist()
+    cache = compute_teacher_cache(model, rows, pad_id=spec.pad_id, k=k, temperature=temperature, key=key, batch_size=32)
+    store.write_bytes(path, cache.to_bytes())
+    log(f"teacher cache: {len(rows)} rows, top-{k}, computed in {time.time() - t0:.1f}s -> {store.uri(path)}")
+    return path
+
+
+def validate_tasks(store: Store, tasks: Sequence[str], spec: ModalitySpec) -> None:
+    """Read and validate every task (schema, sha256, vocabulary); raises naming the bad task."""
+    if not tasks:
+        raise ValueError("no tasks given")
+    if len(set(tasks)) != len(tasks):
+        raise ValueError(f"task order {list(tasks)} names a task twice")
+    for t in tasks:
+        task = read_task(store, t, vocab_size=spec.vocab_size)
+        if task.spec_id != spec.spec_id:
+            raise ValueError(f"task {t!r} was written for modality spec {task.spec_id!r}, the model uses {spec.spec_id!r}")
+
+
+def fit_method(cfg: SequenceConfig, store: Store, *, log: Callable[[str], None] = print) -> None:
+    """One ``TorchTrainer.fit`` that walks every round of ``cfg.tasks`` with ``cfg.method``."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from cl_platform.data.pipeline import stream_dataset, train_dataset
+
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # the training loop prints its own progress
+    ctx.print_on_execution_start = False
+    spec = ModalitySpec.from_dict(cfg.spec)
+    ranges = [list(r) for r in spec.image_token_ranges]
+    datasets = {f"task_{i}": train_dataset(store, t, ranges) for i, t in enumerate(cfg.tasks)}
+    if get_method(cfg.method).needs_teacher and cfg.kd_stream:
+        datasets["kd"] = stream_dataset(read_stream(store, cfg.kd_stream, vocab_size=spec.vocab_size).data, ranges)
+    fs, root = store.pyarrow_filesystem()
+    storage = f"{root.rstrip('/')}/runs/{cfg.run}/ray"
+    if store.is_local:
+        fs = None
+    from cl_platform.train.worker import train_loop_per_worker
+
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=cfg.to_dict(),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.num_workers, use_gpu=cfg.gpus_per_worker > 0,
+            resources_per_worker={"CPU": cfg.cpus_per_worker, **({"GPU": cfg.gpus_per_worker} if cfg.gpus_per_worker else {})},
+        ),
+        run_config=ray.train.RunConfig(
+            name=cfg.method, storage_path=storage, storage_filesystem=fs,
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+        ),
+        datasets=datasets,
+    )
+    trainer.fit()
+
+
+def method_results(ledger: Ledger, method: str, num_tasks: int) -> dict[str, Any]:
+    """Accuracy matrix, generation scores and base accuracy of a finished method, from the ledger."""
+    from cl_platform.train.worker import progress_from_ledger
+
+    done = ledger.done_rounds(method)
+    if sorted(done) != list(range(num_tasks)):
+        raise RuntimeError(f"method {method!r}: rounds done {sorted(done)}, expected 0..{num_tasks - 1}")
+    p = progress_from_ledger(ledger, method, num_tasks - 1)
+    rounds = [ledger.record(method, r) for r in range(num_tasks)]
+    return {"accuracy_matrix": p["R"], "generation_scores": p["G"], "base_accuracy": p["base_acc"],
+            "rounds": [{"round": rec.round, "task": rec.task, "attempt": rec.attempt, "checkpoint": rec.checkpoint,
+                        "started_at": rec.started_at, "ended_at": rec.ended_at,
+                        "train_seconds": rec.metrics.get("train_seconds"), "eval_seconds": rec.metrics.get("eval_seconds")}
+                       for rec in rounds]}
+
+
+def run_sequence(
+    base_cfg: SequenceConfig,
+    methods: Sequence[str],
+    *,
+    resume: bool = False,
+    from_run: Optional[str] = None,
+    ray_address: Optional[str] = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Train every method through ``base_cfg.tasks`` and return the results dict (also stored).
+
+    ``resume`` continues an interrupted run from its ledger (finished rounds are not redone);
+    ``from_run`` starts every method from that run's final adapter of the same method.
+    """
+    from cl_platform.eval.report import build_results, format_table, write_report, write_results
+    from cl_platform.train.resources import init_ray, validate_resources
+
+    store = Store(base_cfg.store)
+    spec = ModalitySpec.from_dict(base_cfg.spec)
+    for m in methods:
+        get_method(m)  # unknown names fail here, listing the known ones
+    validate_tasks(store, base_cfg.tasks, spec)
+    t_start = time.time()
+    from cl_platform.train.resources import runtime_env_for_store
+
+    started = init_ray(ray_address, runtime_env=runtime_env_for_store(store))
+    try:
+        # one CPU beyond the workers for Ray Data's read and map tasks
+        validate_resources(base_cfg.num_workers, base_cfg.cpus_per_worker, base_cfg.gpus_per_worker, extra_cpus=0.5)
+        config = {**base_cfg.to_dict(), "methods": list(methods), "from_run": from_run}
+        config.pop("method", None)
+        ledger = Ledger.open_or_create(store, base_cfg.run, task_order=list(base_cfg.tasks), config=config,
+                                       methods=list(methods), resume=resume, from_run=from_run)
+        cache_path = None
+        if any(get_method(m).needs_teacher for m in methods) and base_cfg.kd_stream:
+            mc = MethodConfig(**base_cfg.method_config)
+            k = min(mc.kd_top_k, spec.vocab_size)
+            cache_path = ensure_teacher_cache(store, base_cfg.model_uri, base_cfg.kd_stream, spec, k=k,
+                                              temperature=mc.kd_temperature, log=log)
+        fit_seconds = {}
+        for m in methods:
+            if sorted(ledger.done_rounds(m)) == list(range(len(base_cfg.tasks))):
+                log(f"[{m}] all {len(base_cfg.tasks)} rounds already done (ledger); skipping")
+                continue
+            start_ckpt = ledger.parent_checkpoint(m)
+            if start_ckpt is not None:
+                from cl_platform.train.checkpoint import store_path
+
+                start_ckpt = store_path(store, start_ckpt)
+            cfg = replace(base_cfg, method=m, teacher_cache=cache_path, from_checkpoint=start_ckpt)
+            t0 = time.time()
+            fit_method(cfg, store, log=log)
+            fit_seconds[m] = time.time() - t0
+            ledger = Ledger.open(store, base_cfg.run)
+        ledger = Ledger.open(store, base_cfg.run)
+        per_method = {m: method_results(ledger, m, len(base_cfg.tasks)) for m in methods}
+        results = build_results(base_cfg.run, list(base_cfg.tasks), config, per_method)
+        prefix = f"runs/{base_cfg.run}"
+        write_results(store, prefix, results)
+        paths = write_report(store, prefix, results)
+        log("")
+        log(format_table(results))
+        log(f"\nresults: {store.uri(prefix + '/results.json')}")
+        log(f"report:  {store.uri(paths[0]) if paths else '-'}")
+        log(f"total {time.time() - t_start:.1f}s; fits " + ", ".join(f"{m} {s:.1f}s" for m, s in fit_seconds.items()))
+        return results
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
