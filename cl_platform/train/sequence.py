@@ -67,8 +67,14 @@ def validate_tasks(store: Store, tasks: Sequence[str], spec: ModalitySpec) -> No
             raise ValueError(f"task {t!r} was written for modality spec {task.spec_id!r}, the model uses {spec.spec_id!r}")
 
 
-def fit_method(cfg: SequenceConfig, store: Store, *, log: Callable[[str], None] = print) -> None:
-    """One ``TorchTrainer.fit`` that walks every round of ``cfg.tasks`` with ``cfg.method``."""
+def fit_method(cfg: SequenceConfig, store: Store, *, callbacks: Optional[list] = None,
+               log: Callable[[str], None] = print) -> None:
+    """One ``TorchTrainer.fit`` that walks every round of ``cfg.tasks`` with ``cfg.method``.
+
+    Every round end reports ``round``, ``task``, ``avg_accuracy`` (over the tasks trained so far),
+    ``generation_score`` and ``generation_drop``; ``callbacks`` (e.g. Tune's
+    ``TuneReportCallback``) receive those reports.
+    """
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -101,6 +107,7 @@ def fit_method(cfg: SequenceConfig, store: Store, *, log: Callable[[str], None] 
             name=cfg.method, storage_path=storage, storage_filesystem=fs,
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            callbacks=callbacks,
         ),
         datasets=datasets,
     )

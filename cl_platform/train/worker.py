@@ -219,8 +219,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             ledger.finish_round(cfg.method, r, checkpoint=uri, metrics={
                 **metrics, "base_accuracy": state["base_acc"], "base_generation_score": state["G"][0]})
         state.update(round=r + 1, step=0, method_state=method.state_dict())
-        _report(model, dict(state), {"round": r, "task": task, "avg_seen_accuracy": sum(accs[: r + 1]) / (r + 1),
-                                     "generation_score": gen if gen is not None else float("nan")}, rank)
+        g0 = state["G"][0]
+        _report(model, dict(state), {
+            "round": r, "task": task,
+            # mean accuracy over the tasks trained so far: at the last round, the final average accuracy
+            "avg_accuracy": sum(accs[: r + 1]) / (r + 1),
+            "generation_score": gen if gen is not None else float("nan"),
+            "generation_drop": (g0 - gen) if (gen is not None and g0 is not None) else float("nan"),
+        }, rank)
 
 
 def progress_from_ledger(ledger: Ledger, method: str, last: int) -> dict[str, Any]:
