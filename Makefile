@@ -18,8 +18,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# The digits benchmark: suite + pre-trained base written to ./.cl_store if absent (reused after),
+# then mode, seq_lora and moe_lora through the five tasks; prints the table and the report's path.
+DEMO_ARGS ?= --suite digits --methods mode,seq_lora,moe_lora
 demo: $(STAMP)
-	$(PY) benchmarks/mode_layer.py
+	$(PY) jobs/sequence.py $(DEMO_ARGS) --run demo-$(shell date +%Y%m%d-%H%M%S)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
@@ -32,3 +35,5 @@ bench: $(STAMP)
 
 clean:
 	rm -rf .cl_store .pytest_cache
+
+include infra/local/ray.mk

@@ -49,6 +49,21 @@ def _cycle(shard, batch_size: int, pad_id: int, seed: int) -> Iterator[dict]:
         epoch += 1
 
 
+def _progress_logger(method: str):
+    """Progress lines on the worker's stdout (shown by Ray on the driver and in the job logs).
+
+    Written to the stream directly: Ray Train patches ``print`` to also feed its logger, which
+    shows every line twice on the driver.
+    """
+    import sys
+
+    def log(msg: str) -> None:
+        sys.stdout.write(f"[{method}] {msg}\n")
+        sys.stdout.flush()
+
+    return log
+
+
 def _lr_lambda(steps: int, warmup: int):
     def f(step: int) -> float:
         if step < warmup:
@@ -93,7 +108,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     store = Store(cfg.store)
     spec = ModalitySpec.from_dict(cfg.spec)
     torch.manual_seed(cfg.seed)
-    log = (lambda msg: print(f"[{cfg.method}] {msg}", flush=True)) if rank == 0 else (lambda msg: None)
+    log = _progress_logger(cfg.method) if rank == 0 else (lambda msg: None)
 
     base = load_model(cfg.model_uri)
     method = get_method(cfg.method, MethodConfig(**cfg.method_config))
