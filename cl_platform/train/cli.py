@@ -29,9 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--store", default=None, help=f"store URL (default {default_store_url()}); s3://bucket/prefix for S3")
     src.add_argument("--model", default=None, help="base model: store path/URI of a save_pretrained directory "
                      "(default: the digits base, pre-trained into the store if absent)")
+    src.add_argument("--spec", default=None,
+                     help="modality spec of the model's vocabulary: 'anole' or a JSON file of a ModalitySpec "
+                     "(default: the model's config.json modality_spec)")
     src.add_argument("--image-token-ranges", default=None,
-                     help="'lo:hi,lo:hi' image-token id ranges, required with --model outside a suite")
-    src.add_argument("--spec", default=None, help="JSON file of a ModalitySpec (alternative to --image-token-ranges)")
+                     help="'lo:hi,lo:hi' image-token id ranges routed to the visual adapter (overrides the spec's)")
     src.add_argument("--kd-stream", default=None, help="generation stream for KD (digits: 'kd')")
     src.add_argument("--judge", default=None, help="store path of the generation judge (digits: built in)")
     m = p.add_argument_group("methods")
@@ -82,6 +84,28 @@ def _ranges(text: str) -> list[list[int]]:
     return normalize_ranges(out, what="--image-token-ranges")
 
 
+def _spec_for(args, store: Store, model_uri: str) -> ModalitySpec:
+    """The modality spec: ``--spec anole`` / ``--spec FILE.json``, else the model's config.json."""
+    import json
+
+    from cl_platform.models.modality import ANOLE
+
+    if args.spec == "anole":
+        return ANOLE
+    if args.spec:
+        with open(args.spec) as f:
+            return ModalitySpec.from_dict(json.load(f))
+    from cl_platform.train.checkpoint import store_path
+
+    try:
+        config = store.read_json(f"{store_path(store, model_uri)}/config.json")
+    except (ValueError, FileNotFoundError) as exc:
+        raise ValueError(f"--model {model_uri}: cannot read its config.json ({exc}); pass --spec") from None
+    if not config.get("modality_spec"):
+        raise ValueError(f"--model {model_uri}: its config.json has no modality_spec; pass --spec anole or --spec FILE.json")
+    return ModalitySpec.from_dict(config["modality_spec"])
+
+
 def _csv(text: Optional[str]) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()] if text else []
 
@@ -124,16 +148,9 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
     if "://" not in model_uri:
         model_uri = store.uri(model_uri)
     if spec is None:
-        if args.spec:
-            import json
-
-            spec = ModalitySpec.from_dict(json.load(open(args.spec)))
-        elif args.image_token_ranges:
-            raise SystemExit("--image-token-ranges needs --spec for the pad/separator ids; pass --spec FILE")
-        else:
-            from cl_platform.models.chameleon import modality_spec_of
-
-            spec = modality_spec_of(model_uri)
+        spec = _spec_for(args, store, model_uri)
+    if args.image_token_ranges:
+        spec = ModalitySpec.from_dict({**spec.to_dict(), "image_token_ranges": _ranges(args.image_token_ranges)})
     order = _csv(args.order) or tasks
     if sorted(order) != sorted(tasks):
         raise SystemExit(f"--order {order} is not a permutation of the tasks {tasks}")
