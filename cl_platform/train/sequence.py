@@ -186,6 +186,13 @@ def run_sequence(
             ledger = Ledger.open(store, base_cfg.run)
         ledger = Ledger.open(store, base_cfg.run)
         per_method = {m: method_results(ledger, m, len(base_cfg.tasks)) for m in methods}
+        if base_cfg.judge is None:
+            log("no generation judge (--judge): no generation scores, so no results.json/report; "
+                f"per-round accuracies are in {ledger.uri}")
+            for m, res in per_method.items():
+                log(f"[{m}] final accuracy " + " ".join(
+                    f"{t}={a:.2f}" for t, a in zip(base_cfg.tasks, res["accuracy_matrix"][-1])))
+            return {"methods": per_method}
         results = build_results(base_cfg.run, list(base_cfg.tasks), config, per_method)
         prefix = f"runs/{base_cfg.run}"
         write_results(store, prefix, results)
