@@ -53,10 +53,10 @@ class SequenceConfig:
     teacher_cache: Optional[str] = None
     judge: Optional[str] = None
     probe_per_digit: int = 10
-    steps_per_task: int = 150
+    steps_per_task: int = 100
     batch_size: int = 16
     kd_batch_size: int = 8
-    lr: float = 1e-3
+    lr: float = 3e-3
     warmup_frac: float = 0.1
     weight_decay: float = 0.0
     grad_clip: float = 1.0
