@@ -1,0 +1,201 @@
+"""A lineage's settings: ``<store>/lineages/<name>/lineage.json``.
+
+Created by the first ``scheduler run --lineage NAME`` (from its flags, defaults for the rest) and
+read by every later one. A later ``run`` that passes a flag whose value differs from the stored
+setting is refused (naming the settings) unless ``--reconfigure`` is given: rounds of one lineage
+should be trained alike.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Mapping, Optional
+
+from cl_platform.data.task_format import NAME_PATTERN
+from cl_platform.store import Store
+
+_NAME_RE = re.compile(NAME_PATTERN)
+
+#: ``jobs/sequence.py`` flags the scheduler sets itself; ``job_args`` may not contain them.
+RESERVED_JOB_FLAGS = ("--store", "--tasks", "--order", "--run", "--from-run", "--resume", "--method", "--methods",
+                      "--suite", "--model", "--quick", "--steps")
+
+#: Longest lineage name: round runs are ``<lineage>-<n>-<task>`` and must fit the 64-character run rule.
+MAX_LINEAGE_CHARS = 40
+
+
+class LineageConfigError(ValueError):
+    """The lineage's settings are invalid or conflict with what the command line asked for."""
+
+
+def validate_lineage_name(name: Any) -> str:
+    """Return ``name`` if it is a valid lineage name (the task-name rule, at most 40 characters)."""
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or len(name) > MAX_LINEAGE_CHARS:
+        raise LineageConfigError(
+            f"invalid lineage name {name!r}: must match {NAME_PATTERN} and have at most {MAX_LINEAGE_CHARS} characters"
+        )
+    return name
+
+
+def lineage_dir(name: str) -> str:
+    """Store path of a lineage's folder."""
+    return f"lineages/{validate_lineage_name(name)}"
+
+
+@dataclass
+class LineageSettings:
+    """How a lineage trains and what it accepts.
+
+    Attributes:
+        method: the continual-learning method of every round (``mode``, ``seq_lora``, ...).
+        suite: built-in benchmark whose base model, spec and judge the rounds use (``digits``), or
+            ``None`` when ``model`` is given.
+        model: store path or URI of the base model (a ``save_pretrained`` directory whose
+            ``config.json`` carries ``modality_spec``); ``None`` with a suite.
+        quick: pass ``--quick`` to every round (few steps, small probe: CI and demos).
+        steps: optimiser steps per round (``--steps``); ``None`` leaves the job's default.
+        job_args: further ``jobs/sequence.py`` arguments for every round (hyperparameters such as
+            ``--kd-weight 0.5``, ``--workers 2``); the flags in :data:`RESERVED_JOB_FLAGS` are set
+            by the scheduler and refused here.
+        include: ``fnmatch`` patterns of task names this lineage learns; other tasks in the store
+            are ignored (several lineages can share one bucket).
+        min_rows: policy: a task with fewer train rows is quarantined (0: no minimum).
+        max_attempts: attempts of a round before the task is marked failed.
+        retry_base_seconds: backoff before the second attempt; doubles per attempt.
+        retry_max_seconds: cap of the backoff.
+        hook_every: policy hook: after every K learned tasks run ``hook_command`` (0: never).
+        hook_command: the hook, e.g. a sweep: ``python sweeps/sweep.py --config
+            sweeps/digits_quick.yaml --store {store} --name {lineage}-sweep-{n}``; placeholders ``{store}``, ``{lineage}``, ``{run}``
+            (the latest learned run), ``{tasks}`` (learned tasks, comma-separated), ``{n}``.
+            It runs beside the lineage (a Ray job with ``--ray-address``, else a detached process)
+            and does not block the next round.
+    """
+
+    method: str = "mode"
+    suite: Optional[str] = "digits"
+    model: Optional[str] = None
+    quick: bool = False
+    steps: Optional[int] = None
+    job_args: list[str] = field(default_factory=list)
+    include: list[str] = field(default_factory=lambda: ["*"])
+    min_rows: int = 0
+    max_attempts: int = 3
+    retry_base_seconds: float = 30.0
+    retry_max_seconds: float = 600.0
+    hook_every: int = 0
+    hook_command: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> "LineageSettings":
+        """Check every field; raises :class:`LineageConfigError` naming the bad one."""
+        if not isinstance(self.method, str) or not _NAME_RE.fullmatch(self.method):
+            raise LineageConfigError(f"lineage setting method={self.method!r} is not a method name")
+        if self.model is None and self.suite is None:
+            raise LineageConfigError("lineage settings need a base model: give model= (store path) or suite='digits'")
+        if self.suite not in (None, "digits"):
+            raise LineageConfigError(f"lineage setting suite={self.suite!r}: only 'digits' is built in")
+        if self.steps is not None and (not isinstance(self.steps, int) or self.steps < 1):
+            raise LineageConfigError(f"lineage setting steps={self.steps!r} must be a positive integer")
+        if not isinstance(self.job_args, list) or not all(isinstance(a, str) for a in self.job_args):
+            raise LineageConfigError(f"lineage setting job_args={self.job_args!r} must be a list of strings")
+        bad = [a for a in self.job_args if a.split("=", 1)[0] in RESERVED_JOB_FLAGS]
+        if bad:
+            raise LineageConfigError(f"lineage setting job_args: {bad} are set by the scheduler; use the lineage settings")
+        if not self.include or not all(isinstance(p, str) and p for p in self.include):
+            raise LineageConfigError(f"lineage setting include={self.include!r} must be a non-empty list of patterns")
+        for name in ("min_rows", "max_attempts", "hook_every"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < (1 if name == "max_attempts" else 0):
+                raise LineageConfigError(f"lineage setting {name}={v!r} must be an integer >= {1 if name == 'max_attempts' else 0}")
+        for name in ("retry_base_seconds", "retry_max_seconds"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+                raise LineageConfigError(f"lineage setting {name}={v!r} must be a number >= 0")
+        if self.hook_every and not self.hook_command:
+            raise LineageConfigError("lineage setting hook_every > 0 needs hook_command")
+        return self
+
+    def includes(self, task: str) -> bool:
+        """True when ``task`` matches one of the :attr:`include` patterns."""
+        return any(fnmatch.fnmatchcase(task, p) for p in self.include)
+
+    def backoff(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+        return float(min(self.retry_max_seconds, self.retry_base_seconds * 2 ** max(0, attempt - 1)))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], *, where: str = "lineage settings") -> "LineageSettings":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise LineageConfigError(f"{where}: unknown settings {unknown}; known: {sorted(known)}")
+        return cls(**dict(d))
+
+
+def settings_path(lineage: str) -> str:
+    return f"{lineage_dir(lineage)}/lineage.json"
+
+
+def load_settings(store: Store, lineage: str) -> Optional[LineageSettings]:
+    """The stored settings of ``lineage``; ``None`` when it has none yet."""
+    path = settings_path(lineage)
+    try:
+        doc = store.read_json(path)
+    except FileNotFoundError:
+        return None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise LineageConfigError(f"{store.uri(path)} is not valid JSON: {exc}") from None
+    return LineageSettings.from_dict(doc.get("settings", {}), where=store.uri(path))
+
+
+def ensure_settings(store: Store, lineage: str, overrides: Mapping[str, Any], *,
+                    reconfigure: bool = False) -> LineageSettings:
+    """The lineage's settings, created from ``overrides`` + defaults on first use.
+
+    ``overrides`` holds only what the caller set explicitly. With stored settings, an override
+    that differs raises :class:`LineageConfigError` naming the settings, unless ``reconfigure``,
+    which rewrites them (later rounds use the new settings; learned ones are not redone).
+    """
+    stored = load_settings(store, lineage)
+    if stored is None:
+        settings = LineageSettings.from_dict(dict(overrides), where="command line")
+        doc = {"lineage": lineage, "settings": settings.to_dict()}
+        data = (json.dumps(doc, indent=2) + "\n").encode()
+        if store.write_bytes_if_absent(settings_path(lineage), data):
+            return settings
+        stored = load_settings(store, lineage)  # another scheduler created it first
+        assert stored is not None
+    current = stored.to_dict()
+    diff = sorted(k for k, v in overrides.items() if current.get(k) != v)
+    if not diff:
+        return stored
+    if not reconfigure:
+        shown = ", ".join(f"{k}: stored {current.get(k)!r}, asked {overrides[k]!r}" for k in diff)
+        raise LineageConfigError(
+            f"lineage {lineage!r} already has settings ({store.uri(settings_path(lineage))}) that differ from the "
+            f"command line ({shown}); drop those flags, or pass --reconfigure to change them for later rounds"
+        )
+    settings = LineageSettings.from_dict({**current, **overrides}, where="command line")
+    store.write_json(settings_path(lineage), {"lineage": lineage, "settings": settings.to_dict()})
+    return settings
+
+
+__all__ = [
+    "LineageConfigError",
+    "LineageSettings",
+    "MAX_LINEAGE_CHARS",
+    "RESERVED_JOB_FLAGS",
+    "ensure_settings",
+    "lineage_dir",
+    "load_settings",
+    "settings_path",
+    "validate_lineage_name",
+]

@@ -1,0 +1,114 @@
+"""``scheduler status``: the lineage state as a table or as JSON."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import time
+from typing import Any, Optional
+
+from cl_platform.scheduler.config import load_settings
+from cl_platform.scheduler.lease import Lease
+from cl_platform.scheduler.state import StateStore
+from cl_platform.store import Store
+
+
+def build_status(store: Store, lineage: str, *, now: Optional[float] = None) -> dict[str, Any]:
+    """Everything ``status`` shows, as one JSON-able dict.
+
+    Keys: ``lineage``, ``store``, ``settings`` (``None`` before the first ``run``), ``state``
+    (the stored state, see :class:`~cl_platform.scheduler.state.LineageState`), ``lease``
+    (current record plus ``active``), ``current_model`` (run and checkpoint of the latest
+    learned task, ``None`` before the first).
+    """
+    now = time.time() if now is None else now
+    settings = load_settings(store, lineage)
+    state = StateStore(store, lineage).load()
+    lease = Lease(store, lineage, holder="status").current()
+    latest = state.latest
+    return {
+        "lineage": lineage,
+        "store": store.url,
+        "settings": settings.to_dict() if settings else None,
+        "state": state.to_dict(),
+        "lease": None if lease is None else {**lease.__dict__, "active": not lease.free(now)},
+        "current_model": None if latest is None else {"run": latest.run, "checkpoint": latest.checkpoint,
+                                                       "tasks": state.learned_names()},
+    }
+
+
+def _t(epoch: Optional[float]) -> str:
+    if not epoch:
+        return "-"
+    return _dt.datetime.fromtimestamp(epoch, _dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _num(v: Any) -> str:
+    if isinstance(v, bool) or v is None:
+        return "-"
+    if isinstance(v, (int, float)):
+        return f"{v:.3f}"
+    return str(v)
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    return [line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows]
+
+
+def format_status(status: dict[str, Any]) -> str:
+    """A human-readable report of :func:`build_status`'s dict."""
+    out = [f"lineage {status['lineage']}  store {status['store']}"]
+    s = status["settings"]
+    if s is None:
+        out.append("no settings yet: the lineage has never been run")
+    else:
+        base = f"suite {s['suite']}" if s.get("suite") else f"model {s['model']}"
+        out.append(f"method {s['method']}  base {base}  quick {s['quick']}  steps {s['steps'] or 'default'}  "
+                   f"include {','.join(s['include'])}  min_rows {s['min_rows']}  max_attempts {s['max_attempts']}")
+    lease = status["lease"]
+    if lease is None:
+        out.append("lease: never taken")
+    else:
+        what = "held by" if lease["active"] else "free (last holder"
+        end = f" until {_t(lease['expires_at'])}" if lease["active"] else ")"
+        out.append(f"lease: {what} {lease['holder']}, generation {lease['generation']}{end}")
+    cm = status["current_model"]
+    out.append("current model: " + ("the base model (nothing learned yet)" if cm is None
+                                     else f"run {cm['run']}  checkpoint {cm['checkpoint']}"))
+    st = status["state"]
+    out.append("")
+    out.append(f"learned ({len(st['learned'])})")
+    rows = [[str(t["n"]), t["task"], t["run"], _num(t["metrics"].get("accuracy")),
+             _num(t["metrics"].get("avg_accuracy")), _num(t["metrics"].get("generation_score")),
+             _num(t["metrics"].get("generation_drop")), str(t["attempts"]), _t(t["finished_at"])]
+            for t in st["learned"]]
+    out += _table(["#", "task", "run", "accuracy", "avg_acc", "gen_score", "gen_drop", "attempts", "learned at"], rows)
+    inf = st["in_flight"]
+    out.append("")
+    if inf:
+        out.append(f"in flight: task {inf['task']}  run {inf['run']}  attempt {inf['attempt']}  "
+                   f"{inf['runner']} {inf['submission_id']}" + (f" pid {inf['pid']}" if inf.get("pid") else "")
+                   + f"  submitted {_t(inf.get('submitted_at'))}")
+    else:
+        out.append("in flight: none")
+    if st["retries"]:
+        out.append("")
+        out.append("retrying")
+        out += _table(["task", "run", "attempts", "next attempt", "last error"],
+                      [[r["task"], r["run"], str(r["attempts"]), _t(r["next_at"]),
+                        r["last_error"].strip().splitlines()[-1][:100] if r["last_error"].strip() else ""]
+                       for r in st["retries"].values()])
+    out.append("")
+    out.append(f"quarantined ({len(st['quarantined'])})")
+    out += _table(["task", "since", "reason"], [[q["task"], _t(q["at"]), q["reason"]] for q in st["quarantined"].values()])
+    out.append("")
+    out.append(f"failed ({len(st['failed'])})")
+    out += _table(["task", "run", "attempts", "error"],
+                  [[f["task"], f["run"], str(f["attempts"]),
+                    f["error"].strip().splitlines()[-1][:120] if f["error"].strip() else ""]
+                   for f in st["failed"].values()])
+    return "\n".join(out)
+
+
+__all__ = ["build_status", "format_status"]

@@ -1,0 +1,54 @@
+"""Fixtures of the scheduler tests (helpers live in ``sched_helpers.py``, importable from here)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from sched_helpers import Harness  # noqa: E402
+
+from cl_platform.store import Store  # noqa: E402
+
+
+@pytest.fixture
+def harness(store, tmp_path) -> Harness:
+    return Harness(store, tmp_path)
+
+
+@pytest.fixture
+def file_harness(tmp_path) -> Harness:
+    return Harness(Store(f"file://{tmp_path}/store"), tmp_path)
+
+
+
+
+@pytest.fixture(scope="session")
+def digits_base(tmp_path_factory) -> str:
+    """Root of a local store with the digits suite, a briefly pre-trained base and no tasks
+    (the suite's tasks are under ``<root>/source``); slow tests copy it."""
+    from sched_helpers import build_digits_store
+
+    root = tmp_path_factory.mktemp("sched_digits") / "store"
+    build_digits_store(str(root))
+    return str(root)
+
+
+@pytest.fixture
+def ray_tmp():
+    """A short private TMPDIR for a test's schedulers and their embedded Ray; every process still
+    carrying it at the end is killed (only processes this test started carry it)."""
+    import shutil
+    import tempfile
+
+    from sched_helpers import kill_attributable
+
+    root = tempfile.mkdtemp(prefix="cls", dir="/tmp")
+    try:
+        yield root
+    finally:
+        kill_attributable(root)
+        shutil.rmtree(root, ignore_errors=True)

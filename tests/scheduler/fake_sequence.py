@@ -1,0 +1,59 @@
+"""A stand-in for ``jobs/sequence.py`` in the scheduler's fast tests: same arguments, same ledger
+and ``results.json`` contract, no Ray and no training.
+
+It creates or resumes the run's ledger (``--from-run`` recorded as the parent), starts round 0,
+optionally sleeps or fails, then finishes it with a fake checkpoint URI and writes a minimal
+``results.json``. Every training attempt also drops ``fake/trained/<run>/<attempt>`` into the
+store, so tests can count how often a task was trained.
+
+Environment:
+    FAKE_SLEEP: seconds to sleep inside the round (default 0).
+    FAKE_FAIL_ATTEMPTS: attempts 1..N of every round fail (default 0).
+    FAKE_FAIL_TASKS: comma-separated tasks whose rounds always fail.
+"""
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+from cl_platform.store import Store  # noqa: E402
+from cl_platform.train.ledger import Ledger  # noqa: E402
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    for flag in ("--store", "--tasks", "--run", "--method", "--from-run", "--suite", "--model", "--steps"):
+        p.add_argument(flag)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--quick", action="store_true")
+    args, _ = p.parse_known_args()
+    store = Store(args.store)
+    task = args.tasks
+    config = {"method": args.method, "tasks": [task], "quick": args.quick, "steps": args.steps}
+    ledger = Ledger.open_or_create(store, args.run, task_order=[task], config=config, methods=[args.method],
+                                   from_run=args.from_run, resume=args.resume)
+    if ledger.is_complete(args.method):
+        print(f"run {args.run}: already done")
+        return 0
+    rec = ledger.start_round(args.method, 0)
+    store.write_bytes(f"fake/trained/{args.run}/{rec.attempt}", f"{os.getpid()}\n".encode())
+    print(f"run {args.run}: training {task} attempt {rec.attempt}", flush=True)
+    time.sleep(float(os.environ.get("FAKE_SLEEP", "0")))
+    failing = [t for t in os.environ.get("FAKE_FAIL_TASKS", "").split(",") if t]
+    if rec.attempt <= int(os.environ.get("FAKE_FAIL_ATTEMPTS", "0")) or task in failing:
+        ledger.fail_round(args.method, 0, "RuntimeError: fake failure")
+        print("RuntimeError: fake failure", file=sys.stderr)
+        return 1
+    ckpt = store.uri(f"runs/{args.run}/{args.method}/round-00")
+    ledger.finish_round(args.method, 0, checkpoint=ckpt, metrics={
+        "accuracy": [0.75], "generation_score": 0.5, "base_generation_score": 0.55, "loss": 1.0})
+    store.write_json(f"runs/{args.run}/results.json", {"methods": {args.method: {"metrics": {
+        "avg_accuracy": 0.75, "avg_forgetting": 0.0, "bwt": 0.0, "fwt": 0.0, "generation_drop": 0.05}}}})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
