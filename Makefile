@@ -37,3 +37,5 @@ clean:
 	rm -rf .cl_store .pytest_cache
 
 include infra/local/ray.mk
+include infra/local/s3.mk
+include sweeps/sweeps.mk

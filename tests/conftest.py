@@ -7,14 +7,22 @@ Fixtures:
         (endpoint, credentials, region) pointing at the moto server for that test only.
     store_url: parametrised over both backends: ``file://<tmp_path>/store`` and ``s3_url``.
     store: a :class:`cl_platform.store.Store` at ``store_url``.
+    local_infra: :class:`LocalInfra`, helpers of the tests that start a local Ray head or S3
+        server with ``infra/local/*-up.sh`` (free ports, process checks, clean-up).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import shutil
+import signal
 import socket
+import subprocess
+import sys
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -62,6 +70,71 @@ def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class LocalInfra:
+    """What the tests of ``infra/local`` (ray-up.sh / s3-up.sh and their helpers) share."""
+
+    REPO = Path(__file__).resolve().parents[1]
+    LOCAL = REPO / "infra" / "local"
+    VENV_BIN = REPO / ".venv" / "bin"
+
+    free_port = staticmethod(_free_port)
+
+    @staticmethod
+    def running(pid: int) -> bool:
+        """True if ``pid`` exists and is not a zombie (PID 1 here may never reap orphans)."""
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+        except FileNotFoundError:
+            return False
+        except OSError:
+            return True
+
+    def load(self, name: str):
+        """``infra/local/<name>.py`` as a module (registered as ``name``: dataclasses look it up there)."""
+        spec = importlib.util.spec_from_file_location(name, self.LOCAL / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules.setdefault(name, module)
+        spec.loader.exec_module(module)
+        return module
+
+    @staticmethod
+    def ray_env(local_dir: Path | str, **extra: str) -> dict[str, str]:
+        """This process's environment without a Ray address, for a head recorded in ``local_dir``."""
+        env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
+        env.update({"RAY_LOCAL_DIR": str(local_dir), "RAY_USAGE_STATS_ENABLED": "0"}, **extra)
+        return env
+
+    def ray_down(self, env: dict[str, str], local_dir: Path, state: dict | None):
+        """Test clean-up: ``ray-down.sh``, SIGKILL whatever of the head survived it, remove its dirs.
+
+        Returns ``(ray-down's CompletedProcess, pids still running after it, head.json left behind)``.
+        """
+        down = subprocess.run([str(self.LOCAL / "ray-down.sh")], env=env, capture_output=True, text=True, timeout=120)
+        leftover = [p for p in (state or {}).get("pids", []) if self.running(p)]
+        record_left = (local_dir / "head.json").exists()
+        if leftover and (state or {}).get("pgid"):  # never leave a head behind, even if the test failed
+            try:
+                os.killpg(state["pgid"], signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        shutil.rmtree(local_dir, ignore_errors=True)
+        if state and state.get("temp_dir") and state["temp_dir"] != str(local_dir):
+            shutil.rmtree(state["temp_dir"], ignore_errors=True)
+        return down, leftover, record_left
+
+
+@pytest.fixture(scope="session")
+def local_infra() -> LocalInfra:
+    return LocalInfra()
 
 
 @pytest.fixture(scope="session")
@@ -119,3 +192,33 @@ def store(store_url: str):
     from cl_platform.store import Store
 
     return Store(store_url)
+
+
+# ------------------------------------------------------------------ digits store (shared)
+# A local store with the digits suite and a base model pre-trained for a few steps only: built once
+# per session and copied by the tests that write into it (sequences, sweeps, the scheduler).
+
+
+@pytest.fixture(scope="session")
+def digits_store(tmp_path_factory) -> str:
+    """Local store with the digits suite and a base model pre-trained for a few steps only."""
+    from cl_platform.suites.digits.pretrain import PretrainConfig, ensure_base_model
+    from cl_platform.suites.digits.publish import write_suite
+
+    from cl_platform.store import Store
+
+    root = tmp_path_factory.mktemp("digits_store")
+    store = Store(str(root))
+    write_suite(store, log=lambda *_: None)
+    ensure_base_model(store, PretrainConfig(steps=30, eval_per_digit=1, log_every=10), log=lambda *_: None)
+    return str(root)
+
+
+@pytest.fixture
+def fresh_digits_store(digits_store, tmp_path) -> str:
+    """A private copy of :func:`digits_store` (runs write into it)."""
+    import shutil
+
+    dst = tmp_path / "store"
+    shutil.copytree(digits_store, dst)
+    return str(dst)

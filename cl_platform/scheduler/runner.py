@@ -227,6 +227,9 @@ class RayJobRunner:
 
         env = runtime_env_for_store(store_url)
         env.setdefault("env_vars", {})["RAY_USAGE_STATS_ENABLED"] = "0"
+        # the round's driver passes the same AWS_* variables to ray.init again; let the job's own
+        # runtime env be merged with (overridden by) it instead of rejected as a conflict
+        env["env_vars"]["RAY_OVERRIDE_JOB_RUNTIME_ENV"] = "1"
         return {"working_dir": self.working_dir, **env}
 
     def submit(self, inflight: InFlightRound, args: list[str], store_url: str) -> dict[str, Any]:

@@ -157,8 +157,8 @@ def run_sequence(
 
     started = init_ray(ray_address, runtime_env=runtime_env_for_store(store))
     try:
-        # one CPU beyond the workers for Ray Data's read and map tasks
-        validate_resources(base_cfg.num_workers, base_cfg.cpus_per_worker, base_cfg.gpus_per_worker, extra_cpus=0.5)
+        # one whole CPU beyond the workers: each Ray Data read or map task asks for one
+        validate_resources(base_cfg.num_workers, base_cfg.cpus_per_worker, base_cfg.gpus_per_worker, extra_cpus=1.0)
         config = {**base_cfg.to_dict(), "methods": list(methods), "from_run": from_run}
         config.pop("method", None)
         ledger = Ledger.open_or_create(store, base_cfg.run, task_order=list(base_cfg.tasks), config=config,

@@ -4,9 +4,5 @@
 # Honours the same RAY_LOCAL_DIR / VENV overrides as ray-up.sh.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-repo="$(cd "$here/../.." && pwd)"
-venv="${VENV:-.venv}"
-case "$venv" in /*) ;; *) venv="$repo/$venv" ;; esac
-py="$venv/bin/python"
-[ -x "$py" ] || py="$(command -v python3)"   # stopping needs no Ray: any Python 3 will do
-exec "$py" "$here/ray_local.py" down
+. "$here/venv.sh"
+exec_down ray_local.py

@@ -8,12 +8,5 @@
 # RAY_UP_TIMEOUT_S (see infra/local/ray_local.py).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-repo="$(cd "$here/../.." && pwd)"
-venv="${VENV:-.venv}"
-case "$venv" in /*) ;; *) venv="$repo/$venv" ;; esac
-if [ ! -x "$venv/bin/python" ]; then
-    echo "ray-up: no Python at $venv/bin/python; create the venv first (make venv) or set VENV" >&2
-    exit 1
-fi
-export VENV="$venv"
-exec "$venv/bin/python" "$here/ray_local.py" up
+. "$here/venv.sh"
+exec_up ray-up ray_local.py

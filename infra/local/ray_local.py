@@ -27,20 +27,19 @@ Environment overrides (defaults in brackets):
 
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.error
-import urllib.request
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # local_proc, next to this file
+import local_proc  # noqa: E402
+from local_proc import REPO, Fail, float_env, kernel_port, venv_dir  # noqa: E402,F401
 STATE_FILE = "head.json"
 DEFAULT_DASHBOARD_PORT = 8265
 DEFAULT_HEAD_PORT = 6380
@@ -81,20 +80,11 @@ class HeadState:
     log: str = ""
 
 
-class Fail(Exception):
-    """A user-facing error: printed without a traceback, exit status 1."""
-
-
 # ---------------------------------------------------------------------------- settings
 
 
 def local_dir() -> str:
-    return os.path.abspath(os.environ.get("RAY_LOCAL_DIR") or os.path.join(REPO, ".ray_local"))
-
-
-def venv_dir() -> str:
-    v = os.environ.get("VENV") or ".venv"
-    return v if os.path.isabs(v) else os.path.join(REPO, v)
+    return local_proc.local_dir_from("RAY_LOCAL_DIR", ".ray_local")
 
 
 def _int_env(name: str, default: int | None) -> int | None:
@@ -110,33 +100,15 @@ def _int_env(name: str, default: int | None) -> int | None:
     return value
 
 
-def _float_env(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    try:
-        return float(raw) if raw else default
-    except ValueError:
-        raise Fail(f"{name}={raw!r} is not a number") from None
-
-
 def port_free(port: int) -> bool:
     """True if nothing listens on ``port`` (checked on 127.0.0.1 and on all interfaces)."""
-    for host in ("127.0.0.1", "0.0.0.0"):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            # As the servers themselves bind: TIME_WAIT leftovers of a stopped head do not count.
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                s.bind((host, port))
-            except OSError:
-                return False
-    return True
+    return local_proc.port_free(port, ("127.0.0.1", "0.0.0.0"))
 
 
 def free_port(exclude: set[int] = frozenset()) -> int:
     """An unused port from the kernel's ephemeral range (outside Ray's 10002-19999 worker range)."""
     for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = kernel_port()
         if port not in exclude and not 10002 <= port <= 19999 and port_free(port):
             return port
     raise Fail("could not find a free port")
@@ -244,28 +216,14 @@ def state_path() -> str:
 
 
 def read_state() -> HeadState | None:
-    try:
-        with open(state_path()) as f:
-            raw = json.load(f)
-    except FileNotFoundError:
-        return None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise Fail(f"cannot read {state_path()}: {exc}; remove it if no head is running") from None
-    known = HeadState.__dataclass_fields__
-    return HeadState(**{k: v for k, v in raw.items() if k in known})
+    return local_proc.read_state(state_path(), HeadState, "head")
 
 
 def write_state(state: HeadState) -> None:
-    os.makedirs(local_dir(), exist_ok=True)
-    tmp = state_path() + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(asdict(state), f, indent=2)
-        f.write("\n")
-    os.replace(tmp, state_path())
+    local_proc.write_state(state_path(), state)
 
 
-# Talk to 127.0.0.1 directly, whatever http_proxy / https_proxy say.
-_HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+_HTTP = local_proc.HTTP
 
 
 def dashboard_info(url: str, timeout: float = 2.0) -> dict | None:
@@ -380,15 +338,13 @@ def up() -> int:
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, cwd=REPO)
     pgid = proc.pid
-    timeout = _float_env("RAY_UP_TIMEOUT_S", 120.0)
+    timeout = float_env("RAY_UP_TIMEOUT_S", 120.0)
     deadline = time.monotonic() + timeout
 
     def abort(reason: str) -> Fail:
         pids = head_processes(pgid)
         _signal(pids, signal.SIGKILL)
-        with open(log_path, errors="replace") as f:
-            tail = "".join(f.readlines()[-25:])
-        return Fail(f"{reason}\n--- last lines of {log_path} ---\n{tail}")
+        return Fail(f"{reason}\n--- last lines of {log_path} ---\n{local_proc.log_tail(log_path, 25)}")
 
     try:
         rc = proc.wait(timeout=timeout)
@@ -431,7 +387,7 @@ def up() -> int:
         agent_port=agent_port,
         python=python,
         venv=venv,
-        started_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        started_at=local_proc.now_iso(),
         log=log_path,
     )
     write_state(state)
@@ -444,7 +400,7 @@ def down() -> int:
     if state is None:
         print(f"ray-down: no local Ray head recorded in {local_dir()}; nothing to stop")
         return 0
-    grace = _float_env("RAY_DOWN_GRACE_S", 8.0)
+    grace = float_env("RAY_DOWN_GRACE_S", 8.0)
     targets = live_head(state)  # identity checked once; then the group is followed as it shrinks
     if not targets:
         print(f"ray-down: the head recorded in {state_path()} is already gone")
@@ -496,15 +452,7 @@ def status() -> int:
 
 
 def main(argv: list[str]) -> int:
-    commands = {"up": up, "down": down, "status": status}
-    if len(argv) != 2 or argv[1] not in commands:
-        print(f"usage: {argv[0]} up|down|status", file=sys.stderr)
-        return 2
-    try:
-        return commands[argv[1]]()
-    except Fail as exc:
-        print(f"ray-{argv[1]}: error: {exc}", file=sys.stderr)
-        return 1
+    return local_proc.run_command(argv, {"up": up, "down": down, "status": status}, "ray")
 
 
 if __name__ == "__main__":

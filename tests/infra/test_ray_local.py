@@ -6,14 +6,9 @@ developer's 8265 / .ray_local), submits a job, and stops the head by its recorde
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
-import shutil
-import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,65 +20,28 @@ LOCAL = REPO / "infra" / "local"
 VENV_BIN = REPO / ".venv" / "bin"
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env(local_dir: Path | str, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
-    env.update({"RAY_LOCAL_DIR": str(local_dir), "RAY_USAGE_STATS_ENABLED": "0"}, **extra)
-    return env
-
-
-def _load_helper():
-    spec = importlib.util.spec_from_file_location("ray_local", LOCAL / "ray_local.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("ray_local", module)  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-def _running(pid: int) -> bool:
-    """True if ``pid`` exists and is not a zombie (PID 1 here may never reap orphans)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-    except OSError:
-        return True
-
-
-def test_ray_down_without_a_head_is_a_no_op(tmp_path):
-    out = subprocess.run([str(LOCAL / "ray-down.sh")], env=_env(tmp_path), capture_output=True, text=True, timeout=60)
+def test_ray_down_without_a_head_is_a_no_op(tmp_path, local_infra):
+    out = subprocess.run([str(LOCAL / "ray-down.sh")], env=local_infra.ray_env(tmp_path), capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "no local Ray head recorded" in out.stdout
 
 
-def test_ray_up_refuses_a_busy_dashboard_port(tmp_path):
+def test_ray_up_refuses_a_busy_dashboard_port(tmp_path, local_infra):
     if not (VENV_BIN / "ray").exists():
         pytest.skip("no Ray CLI in .venv")
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen(1)
         port = busy.getsockname()[1]
-        out = subprocess.run([str(LOCAL / "ray-up.sh")], env=_env(tmp_path, RAY_DASHBOARD_PORT=str(port)),
+        out = subprocess.run([str(LOCAL / "ray-up.sh")], env=local_infra.ray_env(tmp_path, RAY_DASHBOARD_PORT=str(port)),
                              capture_output=True, text=True, timeout=60)
     assert out.returncode == 1
     assert f"port {port} (dashboard) is already in use" in out.stderr and "RAY_DASHBOARD_PORT" in out.stderr
     assert not (tmp_path / "head.json").exists()
 
 
-def test_long_state_dirs_get_a_short_ray_temp_dir():
-    helper = _load_helper()
+def test_long_state_dirs_get_a_short_ray_temp_dir(local_infra):
+    helper = local_infra.load("ray_local")
     assert helper.ray_temp_dir("/work/x/.ray_local") == "/work/x/.ray_local"
     long_dir = "/home/someone/" + "a" * 60 + "/.ray_local"
     short = helper.ray_temp_dir(long_dir)
@@ -99,15 +57,15 @@ def test_ray_mk_defines_the_targets():
 
 
 @pytest.mark.slow
-def test_ray_up_submit_job_ray_down():
+def test_ray_up_submit_job_ray_down(local_infra):
     if not (VENV_BIN / "ray").exists():
         pytest.skip("no Ray CLI in .venv")
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     # A short state dir: Ray's unix socket paths live under it (107-byte limit).
     local_dir = Path(tempfile.mkdtemp(prefix="rl-", dir="/tmp"))
-    dash_port, head_port = _free_port(), _free_port()
-    env = _env(local_dir, RAY_DASHBOARD_PORT=str(dash_port), RAY_HEAD_PORT=str(head_port))
+    dash_port, head_port = local_infra.free_port(), local_infra.free_port()
+    env = local_infra.ray_env(local_dir, RAY_DASHBOARD_PORT=str(dash_port), RAY_HEAD_PORT=str(head_port))
     state = None
     try:
         t0 = time.monotonic()
@@ -118,7 +76,7 @@ def test_ray_up_submit_job_ray_down():
         assert f"dashboard:    {url}" in up.stdout and f"RAY_ADDRESS={url}" in up.stdout
         state = json.loads((local_dir / "head.json").read_text())
         assert state["dashboard_url"] == url and state["head_port"] == head_port
-        assert state["pids"] and all(_running(p) for p in state["pids"])
+        assert state["pids"] and all(local_infra.running(p) for p in state["pids"])
 
         again = subprocess.run([str(LOCAL / "ray-up.sh")], env=env, capture_output=True, text=True, timeout=60)
         assert again.returncode == 0 and "already running" in again.stdout
@@ -147,18 +105,8 @@ def test_ray_up_submit_job_ray_down():
         print(f"ray-up took {up_s:.1f} s")
     finally:
         t0 = time.monotonic()
-        down = subprocess.run([str(LOCAL / "ray-down.sh")], env=env, capture_output=True, text=True, timeout=120)
+        down, leftover, record_left = local_infra.ray_down(env, local_dir, state)  # kills what survives it
         print(f"ray-down took {time.monotonic() - t0:.1f} s")
-        leftover = [p for p in (state or {}).get("pids", []) if _running(p)]
-        record_left = (local_dir / "head.json").exists()
-        if leftover and (state or {}).get("pgid"):  # never leave a head behind, even if the test failed
-            try:
-                os.killpg(state["pgid"], signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        shutil.rmtree(local_dir, ignore_errors=True)
-        if state and state.get("temp_dir") and state["temp_dir"] != str(local_dir):
-            shutil.rmtree(state["temp_dir"], ignore_errors=True)
     assert down.returncode == 0, f"ray-down failed:\n{down.stdout}\n{down.stderr}"
     assert "stopped" in down.stdout
     assert not leftover, f"processes of the head still running after ray-down: {leftover}"

@@ -27,13 +27,17 @@ def file_harness(tmp_path) -> Harness:
 
 
 @pytest.fixture(scope="session")
-def digits_base(tmp_path_factory) -> str:
-    """Root of a local store with the digits suite, a briefly pre-trained base and no tasks
-    (the suite's tasks are under ``<root>/source``); slow tests copy it."""
-    from sched_helpers import build_digits_store
+def digits_base(digits_store, tmp_path_factory) -> str:
+    """Root of a local store with the digits suite and the session's briefly pre-trained base, and
+    no tasks under ``tasks/``: the suite's tasks live in the store ``<root>/source``, and tests
+    publish copies of them (``copy_digits_task``)."""
+    import os
+    import shutil
 
     root = tmp_path_factory.mktemp("sched_digits") / "store"
-    build_digits_store(str(root))
+    shutil.copytree(digits_store, root)
+    os.makedirs(root / "source")
+    shutil.move(str(root / "tasks"), str(root / "source" / "tasks"))
     return str(root)
 
 

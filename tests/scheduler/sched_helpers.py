@@ -143,23 +143,6 @@ def copy_digits_task(store: Store, src: str, dst: str, *, src_store: Optional[St
     return write_task(store, dst, train, t.eval, spec_id=t.spec_id, overwrite=True)
 
 
-def build_digits_store(root: str) -> Store:
-    """A local store with the digits suite and a base model pre-trained for a few steps only, and
-    no tasks under ``tasks/``: the suite's tasks move to the store ``<root>/source``, and tests
-    publish copies of them (:func:`copy_digits_task`)."""
-    import shutil
-
-    from cl_platform.suites.digits.pretrain import PretrainConfig, ensure_base_model
-    from cl_platform.suites.digits.publish import write_suite
-
-    store = Store(root)
-    write_suite(store, log=lambda *_: None)
-    ensure_base_model(store, PretrainConfig(steps=30, eval_per_digit=1, log_every=10), log=lambda *_: None)
-    os.makedirs(os.path.join(root, "source"))
-    shutil.move(os.path.join(root, "tasks"), os.path.join(root, "source", "tasks"))
-    return store
-
-
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 

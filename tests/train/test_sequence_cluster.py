@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,12 +24,6 @@ LOCAL = ROOT / "infra" / "local"
 VENV_BIN = ROOT / ".venv" / "bin"
 TASKS = ["parity", "name"]
 METRICS = {"avg_accuracy", "avg_forgetting", "bwt", "fwt", "generation_drop"}
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _check_results(store: Store, run: str, method: str, tasks: list[str]) -> None:
@@ -89,31 +81,15 @@ def test_quick_sequence_with_the_store_on_s3(fresh_digits_store, s3_url, moto_s3
     print(f"S3 quick sequence: {elapsed:.1f}s")
 
 
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 @pytest.mark.slow
-def test_ray_job_submit_quick_sequence_against_a_local_head(fresh_digits_store):
+def test_ray_job_submit_quick_sequence_against_a_local_head(fresh_digits_store, local_infra):
     if not (VENV_BIN / "ray").exists():
         pytest.skip("no Ray CLI in .venv")
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     local_dir = Path(tempfile.mkdtemp(prefix="rj-", dir="/tmp"))  # short: Ray's unix sockets live under it
-    dash_port, head_port = _free_port(), _free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
-    env.update(RAY_LOCAL_DIR=str(local_dir), RAY_DASHBOARD_PORT=str(dash_port), RAY_HEAD_PORT=str(head_port),
-               RAY_USAGE_STATS_ENABLED="0")
+    dash_port, head_port = local_infra.free_port(), local_infra.free_port()
+    env = local_infra.ray_env(local_dir, RAY_DASHBOARD_PORT=str(dash_port), RAY_HEAD_PORT=str(head_port))
     state, down = None, None
     run = "submitted"
     try:
@@ -157,15 +133,6 @@ def test_ray_job_submit_quick_sequence_against_a_local_head(fresh_digits_store):
         assert "jobs/sequence.py" in jobs[job_id].entrypoint and jobs[job_id].metadata.get("test") == "test_sequence_cluster"
         print(f"ray-up {up_s:.1f}s; submitted quick sequence {job_s:.1f}s")
     finally:
-        down = subprocess.run([str(LOCAL / "ray-down.sh")], env=env, capture_output=True, text=True, timeout=120)
-        leftover = [p for p in (state or {}).get("pids", []) if _running(p)]
-        if leftover and (state or {}).get("pgid"):  # never leave a head behind, even if the test failed
-            try:
-                os.killpg(state["pgid"], signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        shutil.rmtree(local_dir, ignore_errors=True)
-        if state and state.get("temp_dir") and state["temp_dir"] != str(local_dir):
-            shutil.rmtree(state["temp_dir"], ignore_errors=True)
+        down, leftover, _ = local_infra.ray_down(env, local_dir, state)  # kills what survives it
     assert down.returncode == 0, f"ray-down failed:\n{down.stdout}\n{down.stderr}"
     assert not leftover, f"processes of the head still running after ray-down: {leftover}"

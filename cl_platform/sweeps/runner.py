@@ -1,0 +1,438 @@
+"""The driver of a sweep: prepare the shared inputs once, run Ray Tune with Optuna, write the results.
+
+:func:`run_sweep` does, in order and before any trial starts:
+
+1. the store, the suite (written if absent), the base model (pre-trained if absent) and the task
+   checks (a bad task is an immediate error naming it);
+2. Ray (embedded, or the cluster of ``--ray-address`` / ``RAY_ADDRESS``) and the resource check:
+   ``max_concurrent_trials x num_workers`` workers must fit the cluster, else a clear error;
+3. the teacher cache, computed once per (base model, KD stream, K, T) and shared by every trial;
+
+then runs the trials (:func:`cl_platform.sweeps.trial.sweep_trial`) under ``OptunaSearch`` (TPE;
+single- or multi-objective) and ASHA on rounds, and writes ``<store>/sweeps/<name>/``
+(:mod:`cl_platform.sweeps.results`). Tune's own state, per-trial logs and TensorBoard event files
+live in ``<store>/sweeps/<name>/tune/``; ``resume=True`` restores it (with the Optuna searcher's
+state) and runs only the trials that had not finished.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+from ray.tune import Callback
+
+from cl_platform.store import Store
+from cl_platform.sweeps.cleanup import release_orphaned_worker_groups
+from cl_platform.sweeps.space import SweepSpec, default_point
+
+#: Tune's experiment directory name inside ``<store>/sweeps/<name>/``.
+TUNE_DIR = "tune"
+#: CPUs the Tune function of a trial reserves (it only drives the TorchTrainer; DESIGN.md section 7).
+TRIAL_FUNCTION_CPUS = 0.01
+#: CPUs that must stay free besides the trials' reservations: Ray Data's read / map tasks each ask
+#: for a whole CPU, and with none free a trial's data pipeline waits forever (measured: a 2-CPU
+#: cluster with a 1-CPU worker plus a 0.01-CPU trial function hangs; 0.99 CPU per worker runs).
+DATA_CPUS = 1.0
+
+
+class SweepExistsError(ValueError):
+    """The sweep already has Tune state and neither resume nor a new name was asked for."""
+
+
+class SweepChangedError(ValueError):
+    """``--resume`` with a sweep file whose space, orders or settings differ from the original's."""
+
+
+def _check_same_spec(spec: SweepSpec, recorded: dict) -> None:
+    import json
+
+    now = json.loads(json.dumps(spec.to_dict()))  # the form sweep.json stores
+    ignore = {"source", "description", "store"}
+    diff = sorted(k for k in set(now) | set(recorded) if k not in ignore and now.get(k) != recorded.get(k))
+    if diff:
+        raise SweepChangedError(
+            f"sweep {spec.name!r} was started with a different sweep file (differs at: {', '.join(diff)}); resume "
+            "it with the same file, or give the changed sweep another `name`")
+
+
+@dataclass
+class SweepOutcome:
+    """What :func:`run_sweep` returns.
+
+    Attributes:
+        name: sweep name.
+        uri: ``<store>/sweeps/<name>`` as a URI.
+        trials: the rows of the trials table (:func:`cl_platform.sweeps.results.collect_trials`).
+        files: store paths written (table, JSONs, plot, summary).
+        interrupted: the sweep stopped before every trial finished (resume it with ``--resume``).
+        seconds: wall time of this call.
+        teacher_cache: store path of the shared teacher cache (``None``: the method has no KD).
+    """
+
+    name: str
+    uri: str
+    trials: list[dict[str, Any]]
+    files: dict[str, str]
+    interrupted: bool
+    seconds: float
+    teacher_cache: Optional[str] = None
+
+
+@dataclass
+class _Session:
+    """Per-process options of the progress callback (Tune pickles callbacks into its state, so a
+    resumed sweep gets the original callback objects back; they read these instead)."""
+
+    log: Callable[[str], None] = print
+    stop_after: Optional[int] = None
+    num_rounds: int = 1
+    total: int = 0
+    started: float = field(default_factory=time.time)
+    #: trials known to have ended (returned, stopped by ASHA, or ended in an earlier call); a trial
+    #: Tune marks TERMINATED only because the sweep was interrupted is not among them.
+    finished: set = field(default_factory=set)
+    first_step: bool = True
+
+
+_SESSION = _Session()
+
+
+class SweepProgress(Callback):
+    """Progress lines per trial start, round and end; optional resumable stop after N trials."""
+
+    def setup(self, **info):
+        self.trials = []
+        self.index: dict[str, int] = {}
+        self.started: dict[str, float] = {}
+        self.completed_here = 0
+
+    def _tag(self, trial) -> str:
+        if trial.trial_id not in self.index:
+            self.index[trial.trial_id] = len(self.index) + 1
+        return f"trial {self.index[trial.trial_id]}/{_SESSION.total} {trial.trial_id}"
+
+    def on_step_begin(self, iteration, trials, **info):
+        if _SESSION.first_step:  # trials that had ended before a resume
+            _SESSION.first_step = False
+            _SESSION.finished.update(t.trial_id for t in trials if t.status == "TERMINATED")
+
+    def on_step_end(self, iteration, trials, **info):
+        self.trials = trials
+        now = time.time()
+        if now - getattr(self, "_last_reap", 0.0) > 3.0:  # stopped trials' worker groups (cleanup.py)
+            self._last_reap = now
+            release_orphaned_worker_groups(_SESSION.log)
+        for t in trials:  # number trials in creation order, restored ones included
+            self._tag(t)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.trials = trials
+        self.started[trial.trial_id] = time.time()
+        params = " ".join(f"{k}={_fmt(v)}" for k, v in sorted(trial.config.items()))
+        _SESSION.log(f"[sweep] {self._tag(trial)} started: {params}")
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        extra = ""
+        if result.get("orders", 1) > 1:
+            extra = f" (mean of {result['orders']} orders, std acc {_pct(result.get('avg_accuracy_std'))})"
+        _SESSION.log(f"[sweep] {self._tag(trial)} round {result.get('rounds_done')}/{_SESSION.num_rounds} "
+                     f"'{result.get('task')}': avg accuracy {_pct(result.get('avg_accuracy'))}, "
+                     f"generation drop {_pp(result.get('generation_drop'))}{extra}")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.trials = trials
+        rounds = (trial.last_result or {}).get("rounds_done", 0)
+        how = "all rounds" if rounds == _SESSION.num_rounds else f"stopped early by ASHA after round {rounds}"
+        secs = time.time() - self.started.get(trial.trial_id, time.time())
+        _SESSION.log(f"[sweep] {self._tag(trial)} finished ({how}) in {secs:.0f}s; "
+                     f"{time.time() - _SESSION.started:.0f}s since the sweep started")
+        self.completed_here += 1
+        _SESSION.finished.add(trial.trial_id)
+        if _SESSION.stop_after is not None and self.completed_here >= _SESSION.stop_after:
+            _SESSION.log(f"[sweep] stopping after {self.completed_here} trial(s) as asked; resume with --resume")
+            _SESSION.stop_after = None
+            os.kill(os.getpid(), signal.SIGINT)  # Tune's own graceful stop: state saved, resumable
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.trials = trials
+        _SESSION.log(f"[sweep] {self._tag(trial)} failed: see {trial.path or trial.local_path}")
+
+    def on_experiment_end(self, trials, **info):
+        self.trials = trials
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def _pct(x: Any) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}%"
+
+
+def _pp(x: Any) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:+.1f} pp"
+
+
+def sweep_prefix(name: str) -> str:
+    """Store path of a sweep's results: ``sweeps/<name>``."""
+    return f"sweeps/{name}"
+
+
+def param_space(spec: SweepSpec) -> dict[str, Any]:
+    """Tune search space of the sweep (OptunaSearch converts it to Optuna distributions)."""
+    from ray import tune
+
+    space: dict[str, Any] = {}
+    for d in spec.space:
+        if d.type == "choice":
+            space[d.name] = tune.choice(list(d.values))
+        elif d.type == "loguniform":
+            space[d.name] = tune.loguniform(d.low, d.high)
+        else:
+            space[d.name] = tune.uniform(d.low, d.high)
+    if spec.orders.per_trial == "search" and len(spec.orders.orders) > 1:
+        space["order"] = tune.choice(list(range(len(spec.orders.orders))))
+    return space
+
+
+def _searcher(spec: SweepSpec):
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    s = spec.search
+    points = None
+    if s.include_default:
+        point = default_point(spec)
+        if spec.orders.per_trial != "search" or len(spec.orders.orders) == 1:
+            point.pop("order", None)
+        points = [point]
+    sampler = optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=s.n_startup_trials)
+    if s.multi_objective:  # metric/mode lists go on OptunaSearch, not TuneConfig (DESIGN.md section 7)
+        return OptunaSearch(metric=s.metrics, mode=s.modes, points_to_evaluate=points, sampler=sampler)
+    return OptunaSearch(metric=s.metrics[0], mode=s.modes[0], points_to_evaluate=points, sampler=sampler)
+
+
+def _scheduler(spec: SweepSpec):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    sched = spec.search.scheduler
+    if sched.type == "none" or spec.num_rounds < 2:
+        return FIFOScheduler()
+    return ASHAScheduler(time_attr="training_iteration", metric=spec.search.metrics[0], mode=spec.search.modes[0],
+                         max_t=spec.num_rounds, grace_period=sched.grace_period,
+                         reduction_factor=sched.reduction_factor,
+                         # a trial at its last round finishes by itself (results and report written);
+                         # stopping it there would only kill the fit while it wraps up
+                         stop_last_trials=False)
+
+
+@dataclass
+class _Inputs:
+    store: Store
+    model_uri: str
+    spec: Any  # ModalitySpec
+    kd_stream: Optional[str]
+    judge: Optional[str]
+
+
+def prepare_inputs(spec: SweepSpec, store: Store, *, log: Callable[[str], None] = print) -> _Inputs:
+    """Suite, base model, streams and task checks (no Ray needed); raises naming a bad input."""
+    from cl_platform.models.modality import ModalitySpec
+    from cl_platform.train.sequence import validate_tasks
+
+    kd_stream, judge, model_uri, mspec = spec.kd_stream, spec.judge, spec.model, None
+    if spec.suite == "digits":
+        from cl_platform.suites.digits import vocab as V
+        from cl_platform.suites.digits.pretrain import ensure_base_model
+        from cl_platform.suites.digits.publish import JUDGE_PKL, SUITE_JSON, write_suite
+
+        if not store.exists(SUITE_JSON):
+            log(f"writing the digits suite into {store.uri()}")
+            write_suite(store)
+        mspec = V.DIGITS_SPEC
+        kd_stream = kd_stream or "kd"
+        judge = judge or JUDGE_PKL
+        if model_uri is None:
+            model_uri = ensure_base_model(store, log=log).uri
+    if model_uri is None:
+        raise ValueError(f"{spec.source}: model: required without a suite")
+    if "://" not in model_uri:
+        model_uri = store.uri(model_uri)
+    if mspec is None:
+        from cl_platform.models.chameleon import modality_spec_of
+
+        mspec = modality_spec_of(model_uri)
+    validate_tasks(store, list(spec.tasks), ModalitySpec.from_dict(mspec.to_dict()))
+    if kd_stream and not store.exists(f"streams/{kd_stream}/manifest.json"):
+        raise ValueError(f"{spec.source}: kd_stream: no stream {kd_stream!r} in {store.uri('streams')}")
+    if judge and not store.exists(judge):
+        raise ValueError(f"{spec.source}: judge: {store.uri(judge)} does not exist")
+    return _Inputs(store=store, model_uri=model_uri, spec=mspec, kd_stream=kd_stream, judge=judge)
+
+
+def check_resources(spec: SweepSpec) -> None:
+    """The concurrent trials' reservations must fit the cluster and leave a CPU for Ray Data.
+
+    Asked: ``max_concurrent_trials x (num_workers x cpus_per_worker + 0.01)`` CPUs (the workers and
+    the Tune functions) plus :data:`DATA_CPUS`; GPUs likewise. Raises
+    :class:`~cl_platform.train.resources.InsufficientResourcesError` naming the sweep file's knobs.
+    """
+    from cl_platform.train.resources import InsufficientResourcesError, validate_resources
+
+    c, r = spec.search.max_concurrent_trials, spec.resources
+    try:
+        validate_resources(c * r.num_workers, r.cpus_per_worker, r.gpus_per_worker,
+                           extra_cpus=c * TRIAL_FUNCTION_CPUS + DATA_CPUS)
+    except InsufficientResourcesError as exc:
+        raise InsufficientResourcesError(
+            f"sweep {spec.name!r}: search.max_concurrent_trials {c} x resources.num_workers {r.num_workers} "
+            f"(x {r.cpus_per_worker:g} CPU, {r.gpus_per_worker:g} GPU each), plus {TRIAL_FUNCTION_CPUS:g} CPU per "
+            f"trial function and {DATA_CPUS:g} CPU kept free for Ray Data, do not fit: {exc}. Lower "
+            "search.max_concurrent_trials or resources in the sweep file (on one small machine: "
+            "max_concurrent_trials 1, num_workers 1, cpus_per_worker 0.99)",
+            resource=exc.resource, asked=exc.asked, available=exc.available,
+        ) from None
+
+
+def build_plan(spec: SweepSpec, inputs: _Inputs, teacher_cache: Optional[str]):
+    """The :class:`~cl_platform.sweeps.trial.TrialPlan` shared by every trial."""
+    from cl_platform.methods import MethodConfig
+    from cl_platform.sweeps.space import SEARCHABLE, FIXED_ONLY
+    from cl_platform.sweeps.trial import TrialPlan
+
+    method_fixed = {k: v for k, v in spec.fixed.items()
+                    if (SEARCHABLE[k].target if k in SEARCHABLE else FIXED_ONLY[k][0]) == "method"}
+    training_fixed = {k: v for k, v in spec.fixed.items() if k not in method_fixed}
+    seed = training_fixed.get("seed", 0)
+    method_config = {**MethodConfig().to_dict(), **method_fixed, "seed": seed}
+    sequence = {
+        "model_uri": inputs.model_uri, "spec": inputs.spec.to_dict(), "kd_stream": inputs.kd_stream,
+        "teacher_cache": teacher_cache, "judge": inputs.judge, "num_workers": spec.resources.num_workers,
+        "cpus_per_worker": spec.resources.cpus_per_worker, "gpus_per_worker": spec.resources.gpus_per_worker,
+        **training_fixed,
+    }
+    return TrialPlan(sweep=spec.name, store=inputs.store.url, method=spec.method,
+                     orders=[list(o) for o in spec.orders.orders], per_trial=spec.orders.per_trial,
+                     sequence=sequence, method_config=method_config)
+
+
+def run_sweep(
+    spec: SweepSpec,
+    *,
+    store: Optional[str] = None,
+    resume: bool = False,
+    ray_address: Optional[str] = None,
+    stop_after: Optional[int] = None,
+    log: Callable[[str], None] = print,
+) -> SweepOutcome:
+    """Run (or with ``resume`` continue) the sweep ``spec``; see the module docstring.
+
+    Args:
+        spec: the parsed sweep file.
+        store: store URL overriding ``spec.store``.
+        resume: continue an interrupted sweep from its Tune state (finished trials are kept).
+        ray_address: Ray cluster to use (default ``RAY_ADDRESS``, else an embedded local Ray).
+        stop_after: stop, resumably, once this many trials have finished in this call.
+        log: progress sink.
+
+    Raises:
+        SweepExistsError: a fresh start over existing state (``resume`` of nothing starts the sweep).
+        SweepChangedError: ``resume`` with a changed sweep file.
+        InsufficientResourcesError: the trials' workers cannot fit the cluster.
+        TaskValidationError, ValueError: a bad task, model or stream (named).
+    """
+    from ray import tune
+
+    from cl_platform.methods import MethodConfig, get_method
+    from cl_platform.models.modality import ModalitySpec
+    from cl_platform.sweeps import results as R
+    from cl_platform.sweeps.trial import sweep_trial
+    from cl_platform.train.resources import init_ray, runtime_env_for_store
+    from cl_platform.train.sequence import ensure_teacher_cache
+
+    t0 = time.time()
+    st = Store(store or spec.store)
+    prefix = sweep_prefix(spec.name)
+    tune_path = f"{prefix}/{TUNE_DIR}"
+    has_state = st.exists(f"{tune_path}/tuner.pkl")
+    if resume and not has_state:  # like a run's ledger: --resume of nothing starts it (safe for job retries)
+        log(f"[sweep] {spec.name}: no earlier state at {st.uri(tune_path)}; starting it")
+        resume = False
+    if not resume and st.exists(tune_path):
+        raise SweepExistsError(f"sweep {spec.name!r} already has results at {st.uri(prefix)}; pass --resume to "
+                               "continue it, or choose another `name`")
+    if resume and st.exists(f"{prefix}/sweep.json"):
+        _check_same_spec(spec, st.read_json(f"{prefix}/sweep.json").get("spec", {}))
+    log(f"[sweep] {spec.name}: {spec.search.num_samples} trials of {spec.method} over {spec.num_rounds} tasks "
+        f"({', '.join(spec.tasks)}), {len(spec.orders.orders)} order(s) {spec.orders.per_trial}; objectives "
+        + ", ".join(f"{m} ({mode})" for m, mode in spec.search.objectives) + f"; store {st.uri()}")
+    inputs = prepare_inputs(spec, st, log=log)
+    started = init_ray(ray_address, runtime_env=runtime_env_for_store(st))
+    try:
+        check_resources(spec)
+        cache = None
+        if get_method(spec.method).needs_teacher and inputs.kd_stream:
+            mc = MethodConfig(**{**MethodConfig().to_dict(), **{k: v for k, v in spec.fixed.items()
+                                                                if k in ("kd_top_k", "kd_temperature")}})
+            ms = ModalitySpec.from_dict(inputs.spec.to_dict())
+            cache = ensure_teacher_cache(st, inputs.model_uri, inputs.kd_stream, ms, k=min(mc.kd_top_k, ms.vocab_size),
+                                         temperature=mc.kd_temperature, log=lambda m: log(f"[sweep] {m}"))
+        plan = build_plan(spec, inputs, cache)
+        st.write_json(f"{prefix}/sweep.json", {"spec": spec.to_dict(), "plan": plan.to_dict()})
+
+        _SESSION.log, _SESSION.stop_after, _SESSION.num_rounds = log, stop_after, spec.num_rounds
+        _SESSION.total, _SESSION.started = spec.search.num_samples, time.time()
+        _SESSION.finished, _SESSION.first_step = set(), True
+        progress = SweepProgress()
+        trainable = tune.with_resources(tune.with_parameters(sweep_trial, plan=plan.to_dict()),
+                                        {"cpu": TRIAL_FUNCTION_CPUS})
+        fs, root = st.pyarrow_filesystem()
+        fs = None if st.is_local else fs
+        experiment = f"{root.rstrip('/')}/{tune_path}"
+        if resume:
+            log(f"[sweep] resuming from {st.uri(tune_path)} (finished trials are kept; unfinished ones run again)")
+            tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True,
+                                       restart_errored=True, storage_filesystem=fs)
+        else:
+            tuner = tune.Tuner(
+                trainable,
+                param_space=param_space(spec),
+                tune_config=tune.TuneConfig(search_alg=_searcher(spec), scheduler=_scheduler(spec),
+                                            num_samples=spec.search.num_samples,
+                                            max_concurrent_trials=spec.search.max_concurrent_trials,
+                                            reuse_actors=False),
+                run_config=tune.RunConfig(name=TUNE_DIR, storage_path=f"{root.rstrip('/')}/{prefix}",
+                                          storage_filesystem=fs, callbacks=[progress], verbose=0,
+                                          failure_config=tune.FailureConfig(max_failures=0)),
+            )
+        grid = tuner.fit()
+        trials = _trials_of(grid, tuner)
+        rows = R.collect_trials(st, spec, plan, trials, finished=_SESSION.finished)
+        files = R.write_sweep_results(st, prefix, spec, rows, seconds=time.time() - t0, teacher_cache=cache)
+        interrupted = any(r["state"] == "unfinished" for r in rows) or len(rows) < spec.search.num_samples
+        log("")
+        log(R.format_summary(spec, rows, st.uri(prefix)))
+        log(f"[sweep] {'interrupted' if interrupted else 'done'} in {time.time() - t0:.0f}s; results in "
+            f"{st.uri(prefix)}" + ("; continue with --resume" if interrupted else ""))
+        log(f"[sweep] TensorBoard: tensorboard --logdir {st.uri(tune_path)}")
+        return SweepOutcome(name=spec.name, uri=st.uri(prefix), trials=rows, files=files, interrupted=interrupted,
+                            seconds=time.time() - t0, teacher_cache=cache)
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+
+
+def _trials_of(grid, tuner) -> list:
+    """Every trial of the experiment (restored ones included) with status and config."""
+    analysis = getattr(grid, "_experiment_analysis", None)
+    trials = list(getattr(analysis, "trials", None) or [])
+    if not trials:
+        raise RuntimeError("Tune returned no trials; see the Tune logs under the sweep's tune/ directory")
+    return trials

@@ -1,0 +1,20 @@
+# Sweeps (include from the top Makefile: `include sweeps/sweeps.mk`).
+#
+#   make sweep-quick                 the 6-trial digits sweep (<= 10 min on 2 cores)
+#   make sweep SWEEP=sweeps/digits_full.yaml [SWEEP_ARGS="--resume --store s3://bucket/prefix"]
+#
+# Results: <store>/sweeps/<name>/ (trials.csv/json, best.json, pareto.json, pareto.png, summary.md);
+# TensorBoard: tensorboard --logdir <store>/sweeps/<name>/tune
+# On the local head (make ray-up): RAY_ADDRESS=http://127.0.0.1:8265 ray job submit --working-dir . -- \
+#   python sweeps/sweep.py --config sweeps/digits_quick.yaml
+
+SWEEP ?= sweeps/digits_quick.yaml
+SWEEP_ARGS ?=
+
+.PHONY: sweep sweep-quick
+
+sweep: $(STAMP)
+	$(PY) sweeps/sweep.py --config $(SWEEP) $(SWEEP_ARGS)
+
+sweep-quick: $(STAMP)
+	$(PY) sweeps/sweep.py --config sweeps/digits_quick.yaml $(SWEEP_ARGS)

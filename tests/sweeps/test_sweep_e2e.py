@@ -1,0 +1,188 @@
+"""Sweeps end to end on the digits store: a tiny sweep's result files, and resume of an interrupted one."""
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from cl_platform.store import Store
+from cl_platform.train.ledger import Ledger
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SWEEP = os.path.join(ROOT, "sweeps", "sweep.py")
+
+
+def tiny_sweep(tmp_path, name, num_samples, **search):
+    """A sweep file with one task and two optimiser steps per trial (about 40 s a trial on 2 cores)."""
+    doc = {
+        "name": name, "suite": "digits", "method": "mode", "tasks": ["parity"],
+        "space": {"kd_weight": {"type": "loguniform", "low": 0.03, "high": 3.0},
+                  "r_text": {"type": "choice", "values": [4, 8]}},
+        "fixed": {"steps_per_task": 2, "probe_per_digit": 1, "log_every": 2},
+        "search": {"num_samples": num_samples, "n_startup_trials": num_samples,
+                   "objectives": {"avg_accuracy": "max", "generation_drop": "min"}, **search},
+        "resources": {"num_workers": 1, "cpus_per_worker": 0.99},
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return str(path)
+
+
+def run_sweep(*args, timeout=600):
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.run([sys.executable, SWEEP, *args], capture_output=True, text=True, cwd=ROOT, env=env,
+                          timeout=timeout)
+
+
+def trials(store, name):
+    return store.read_json(f"sweeps/{name}/trials.json")["trials"]
+
+
+def test_bad_sweep_file_is_a_clear_error(tmp_path, fresh_digits_store):
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: bad\nspace:\n  r_text: {type: choice, values: [0, 8]}\n")
+    proc = run_sweep("--config", str(path), "--store", fresh_digits_store, timeout=120)
+    assert proc.returncode == 2
+    assert f"{path}: space.r_text.values: r_text must be >= 1, got 0" in proc.stderr
+    assert not Store(fresh_digits_store).exists("sweeps/bad")
+
+
+def test_too_many_concurrent_trials_is_an_immediate_clear_error(tmp_path, fresh_digits_store):
+    cfg = tiny_sweep(tmp_path, "toomany", 2, max_concurrent_trials=16)
+    proc = run_sweep("--config", cfg, "--store", fresh_digits_store, timeout=180)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "search.max_concurrent_trials 16" in proc.stderr and "CPU" in proc.stderr
+    assert not Store(fresh_digits_store).exists("sweeps/toomany/tune")
+
+
+@pytest.mark.slow
+def test_tiny_sweep_end_to_end(tmp_path, fresh_digits_store):
+    cfg = tiny_sweep(tmp_path, "tiny", 2)
+    proc = run_sweep("--config", cfg, "--store", fresh_digits_store)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert "[sweep] trial 1/2" in proc.stdout and "round 1/1" in proc.stdout and "Pareto set" in proc.stdout
+    store = Store(fresh_digits_store)
+    rows = trials(store, "tiny")
+    assert len(rows) == 2 and all(r["state"] == "completed" for r in rows)
+    assert rows[0]["is_default"] and rows[0]["params"] == {"kd_weight": 0.3, "r_text": 8}
+    for r in rows:
+        assert r["rounds_done"] == 1 and len(r["per_round"]) == 1 and r["final"]["avg_accuracy"] is not None
+        # each trial's sequence is a normal run with its ledger, results and report
+        run = r["runs"][0]
+        assert run == f"tiny-{r['trial_id']}"
+        assert Ledger.open(store, run).done_rounds("mode") == [0]
+        assert store.exists(f"runs/{run}/results.json") and store.exists(f"runs/{run}/report/report.md")
+    table = list(csv.DictReader(io.StringIO(store.read_bytes("sweeps/tiny/trials.csv").decode())))
+    assert [t["trial_id"] for t in table] == [r["trial_id"] for r in rows] and "kd_weight" in table[0]
+    pareto = store.read_json("sweeps/tiny/pareto.json")
+    assert pareto["front"] and pareto["default"]["trial_id"] == rows[0]["trial_id"]
+    best = store.read_json("sweeps/tiny/best.json")
+    assert best["kind"] == "pareto_set" and best["best"]
+    assert store.read_bytes("sweeps/tiny/pareto.png")[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "Sweep `tiny`" in store.read_bytes("sweeps/tiny/summary.md").decode()
+    # the teacher cache was computed once for the whole sweep; TensorBoard event files per trial
+    assert len(store.walk("cache/teacher")) == 1
+    events = [p for p in store.walk("sweeps/tiny/tune") if "events.out.tfevents" in p]
+    assert len(events) == 2
+    # a second start of the same sweep without --resume is refused
+    again = run_sweep("--config", cfg, "--store", fresh_digits_store, timeout=180)
+    assert again.returncode == 2 and "pass --resume" in again.stderr
+
+
+@pytest.mark.slow
+def test_resume_runs_only_unfinished_trials(tmp_path, fresh_digits_store):
+    cfg = tiny_sweep(tmp_path, "resumable", 3)
+    first = run_sweep("--config", cfg, "--store", fresh_digits_store, "--stop-after", "1")
+    assert first.returncode == 130, first.stdout[-3000:] + first.stderr[-5000:]
+    store = Store(fresh_digits_store)
+    before = {r["trial_id"]: r for r in trials(store, "resumable")}
+    done_first = [t for t, r in before.items() if r["state"] == "completed"]
+    assert len(done_first) == 1
+    assert len(before) < 3 or any(r["state"] == "unfinished" for r in before.values())
+    ledger_before = {t: store.read_bytes(f"runs/{before[t]['runs'][0]}/ledger.json") for t in done_first}
+
+    second = run_sweep("--config", cfg, "--store", fresh_digits_store, "--resume")
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-5000:]
+    after = {r["trial_id"]: r for r in trials(store, "resumable")}
+    assert len(after) == 3 and all(r["state"] == "completed" for r in after.values())
+    assert set(before) <= set(after)  # restored trials keep their ids
+    for t in done_first:  # the finished trial was not run again: not started, its run untouched
+        assert f"{t} started" not in second.stdout
+        assert store.read_bytes(f"runs/{before[t]['runs'][0]}/ledger.json") == ledger_before[t]
+    for t, r in after.items():  # every round trained exactly once per run
+        recs = Ledger.open(store, r["runs"][0]).rounds
+        assert [(x.round, x.status) for x in recs] == [(0, "done")]
+    assert "resuming from" in second.stdout
+
+
+@pytest.mark.slow
+def test_sweep_under_ray_job_submit(tmp_path, fresh_digits_store):
+    """The sweep as a Ray job against a local head (infra/local/ray-up.sh on free ports); its trials
+    are visible through the dashboard's job API (status and logs on 127.0.0.1)."""
+    import importlib.util
+    import shutil
+    import signal
+    import tempfile
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    if not os.path.exists(os.path.join(ROOT, ".venv", "bin", "ray")):
+        pytest.skip("no Ray CLI in .venv")
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    spec = importlib.util.spec_from_file_location("_ray_local_test", os.path.join(ROOT, "tests", "infra", "test_ray_local.py"))
+    helpers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(helpers)
+    local_dir = Path(tempfile.mkdtemp(prefix="rs-", dir="/tmp"))  # short: Ray's socket paths live under it
+    dash_port, head_port = helpers._free_port(), helpers._free_port()
+    env = helpers._env(local_dir, RAY_DASHBOARD_PORT=str(dash_port), RAY_HEAD_PORT=str(head_port), RAY_NUM_CPUS="2")
+    local = os.path.join(ROOT, "infra", "local")
+    cfg = tiny_sweep(tmp_path, "jobsweep", 2)
+    state = None
+    try:
+        up = subprocess.run([os.path.join(local, "ray-up.sh")], env=env, capture_output=True, text=True, timeout=240)
+        assert up.returncode == 0, f"ray-up failed:\n{up.stdout}\n{up.stderr}"
+        state = json.loads((local_dir / "head.json").read_text())
+        url = f"http://127.0.0.1:{dash_port}"
+        client = JobSubmissionClient(url)
+        job = client.submit_job(
+            entrypoint=f"python sweeps/sweep.py --config {cfg} --store {fresh_digits_store}",
+            runtime_env={"working_dir": ROOT, "excludes": [".ray_local", ".cl_store", ".git", ".venv"],
+                         "env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}},
+        )
+        deadline = time.monotonic() + 540
+        status = client.get_job_status(job)
+        while status not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED) and time.monotonic() < deadline:
+            time.sleep(2)
+            status = client.get_job_status(job)
+        logs = client.get_job_logs(job)
+        assert status == JobStatus.SUCCEEDED, logs[-5000:]
+        # the job API (plain HTTP on 127.0.0.1) shows the job and, in its logs, every trial
+        with urllib.request.urlopen(f"{url}/api/jobs/{job}") as resp:
+            info = json.loads(resp.read())
+        assert info["status"] == "SUCCEEDED" and "sweeps/sweep.py" in info["entrypoint"]
+        with urllib.request.urlopen(f"{url}/api/jobs/{job}/logs") as resp:
+            http_logs = json.loads(resp.read())["logs"]
+        rows = trials(Store(fresh_digits_store), "jobsweep")
+        assert len(rows) == 2 and all(r["state"] == "completed" for r in rows)
+        for r in rows:
+            assert f"{r['trial_id']} started" in http_logs and f"{r['trial_id']} finished" in http_logs
+        assert "[sweep] done" in http_logs
+    finally:
+        subprocess.run([os.path.join(local, "ray-down.sh")], env=env, capture_output=True, text=True, timeout=120)
+        leftover = [p for p in (state or {}).get("pids", []) if helpers._running(p)]
+        if leftover and (state or {}).get("pgid"):  # never leave a head behind
+            try:
+                os.killpg(state["pgid"], signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        shutil.rmtree(local_dir, ignore_errors=True)
+        if state and state.get("temp_dir") and state["temp_dir"] != str(local_dir):
+            shutil.rmtree(state["temp_dir"], ignore_errors=True)
