@@ -122,12 +122,9 @@ def test_resume_runs_only_unfinished_trials(tmp_path, fresh_digits_store):
 
 
 @pytest.mark.slow
-def test_sweep_under_ray_job_submit(tmp_path, fresh_digits_store):
+def test_sweep_under_ray_job_submit(tmp_path, fresh_digits_store, local_infra):
     """The sweep as a Ray job against a local head (infra/local/ray-up.sh on free ports); its trials
     are visible through the dashboard's job API (status and logs on 127.0.0.1)."""
-    import importlib.util
-    import shutil
-    import signal
     import tempfile
     import time
     import urllib.request
@@ -137,12 +134,9 @@ def test_sweep_under_ray_job_submit(tmp_path, fresh_digits_store):
         pytest.skip("no Ray CLI in .venv")
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    spec = importlib.util.spec_from_file_location("_ray_local_test", os.path.join(ROOT, "tests", "infra", "test_ray_local.py"))
-    helpers = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(helpers)
     local_dir = Path(tempfile.mkdtemp(prefix="rs-", dir="/tmp"))  # short: Ray's socket paths live under it
-    dash_port, head_port = helpers._free_port(), helpers._free_port()
-    env = helpers._env(local_dir, RAY_DASHBOARD_PORT=str(dash_port), RAY_HEAD_PORT=str(head_port), RAY_NUM_CPUS="2")
+    dash_port, head_port = local_infra.free_port(), local_infra.free_port()
+    env = local_infra.ray_env(local_dir, RAY_DASHBOARD_PORT=str(dash_port), RAY_HEAD_PORT=str(head_port), RAY_NUM_CPUS="2")
     local = os.path.join(ROOT, "infra", "local")
     cfg = tiny_sweep(tmp_path, "jobsweep", 2)
     state = None
@@ -176,13 +170,4 @@ def test_sweep_under_ray_job_submit(tmp_path, fresh_digits_store):
             assert f"{r['trial_id']} started" in http_logs and f"{r['trial_id']} finished" in http_logs
         assert "[sweep] done" in http_logs
     finally:
-        subprocess.run([os.path.join(local, "ray-down.sh")], env=env, capture_output=True, text=True, timeout=120)
-        leftover = [p for p in (state or {}).get("pids", []) if helpers._running(p)]
-        if leftover and (state or {}).get("pgid"):  # never leave a head behind
-            try:
-                os.killpg(state["pgid"], signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        shutil.rmtree(local_dir, ignore_errors=True)
-        if state and state.get("temp_dir") and state["temp_dir"] != str(local_dir):
-            shutil.rmtree(state["temp_dir"], ignore_errors=True)
+        local_infra.ray_down(env, local_dir, state)  # never leave a head behind
