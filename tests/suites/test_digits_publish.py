@@ -66,7 +66,7 @@ def test_conflicts_and_interrupted_writes(tmp_path, suite0):
     # a prefix gives separate names
     write_suite(store, 0, suite=suite0, prefix="digits-", overwrite=True, log=lambda _: None)
     assert read_suite_info(store)["task_order_names"] == [f"digits-{t}" for t in TASK_ORDER]
-    assert read_task(store, "digits-name").train.num_rows == 400
+    assert read_task(store, "digits-name").train.num_rows == 1000
 
 
 def test_cli(tmp_path, capsys):

@@ -43,7 +43,7 @@ def test_split_sizes_and_disjointness(suite):
     split = suite.split
     sizes = split.sizes()
     assert sizes["pretrain"] == 1247 and sizes["holdout"] == 150
-    assert set(sizes["task_train"].values()) == {200} and set(sizes["task_eval"].values()) == {80}
+    assert set(sizes["task_train"].values()) == {1247} and set(sizes["task_eval"].values()) == {80}
     pretrain = set(split.pretrain.tolist())
     held = set(split.holdout.tolist())
     evals = {n: set(v.tolist()) for n, v in split.task_eval.items()}
@@ -57,9 +57,11 @@ def test_split_sizes_and_disjointness(suite):
             assert m == n or not ev & ev2
     assert not held & everything_trained
     for n, tr in trains.items():
-        assert tr <= pretrain  # documented decision: task train images are inside the pretrain pool
-        for m, tr2 in trains.items():
-            assert m == n or not tr & tr2
+        assert tr == pretrain  # documented decision: the tasks train on the pretrain pool
+    for name, task in suite.tasks.items():
+        if name != "pair":  # one distinct image per row (pair: an image and a partner of its digit)
+            images = [it.images[0] for it in task.train_items]
+            assert len(set(images)) == len(images) == T.TRAIN_ROWS_PER_TASK, name
 
 
 def test_eval_images_never_appear_in_any_training_sequence(suite):
@@ -81,7 +83,7 @@ def test_column_types(suite):
         assert task.eval.schema == pa.schema(
             [("prompt_tokens", pa.list_(pa.int32())), ("answer_tokens", pa.list_(pa.int32())), ("answer", pa.string())]
         )
-        assert (task.train.num_rows, task.eval.num_rows) == (400, 80)
+        assert (task.train.num_rows, task.eval.num_rows) == (1000, 80)
     for name, n in (("kd", 500), ("probe", 100)):
         s = suite.streams[name]
         assert s.schema == pa.schema([("tokens", pa.list_(pa.int32())), ("label", pa.int32()), ("prompt_len", pa.int32())])
@@ -136,14 +138,17 @@ def test_answers_consistent_with_labels(suite):
                 expected = "even" if d[0] % 2 == 0 else "odd"
             elif name == "plus_k":
                 k = V.DIGIT_WORDS.index(question.split()[-2])
+                assert k == T.PLUS_K == item.param
                 expected = str(d[0] + k)
             elif name == "compare":
                 k = V.DIGIT_WORDS.index(question.split()[-2])
+                assert k == T.COMPARE_K == item.param
                 expected = "yes" if d[0] > k else "no"
             elif name == "name":
                 expected = V.SPANISH_DIGIT_WORDS[d[0]]
             else:
-                expected = "first" if d[0] > d[1] else "second" if d[1] > d[0] else "same"
+                assert d[0] == d[1] and item.images[0] != item.images[1], item
+                expected = V.GERMAN_DIGIT_WORDS[d[0]]
             assert answer == expected == item.answer, (name, question, d)
 
 

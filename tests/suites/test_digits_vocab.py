@@ -20,8 +20,14 @@ def test_id_layout_and_spec_ranges():
     assert (spec.boi_id, spec.eoi_id, spec.pad_id, spec.sep_id) == (4, 5, 0, 3)
     assert spec.image_token_ranges == ((4, 23),)  # markers + codes routed to the visual adapter
     # every word a prompt or answer of the suite uses is a word (not a special token)
-    for w in (*V.DIGIT_WORDS, *V.SPANISH_DIGIT_WORDS, *V.NUMERALS, "even", "odd", "yes", "no", "first", "second", "same", "?"):
+    for w in (*V.DIGIT_WORDS, *V.SPANISH_DIGIT_WORDS, *V.GERMAN_DIGIT_WORDS, *V.NUMERALS, "even", "odd", "yes", "no",
+              "first", "second", "german", "both", "images", "?"):
         assert V.is_word_id(V.word_id(w))
+    # words added later take the first reserved slots after <unk>: no earlier id moves
+    assert V.TOKEN_TO_ID["null"] == V.UNK_ID + 1 == V.FIRST_ADDED_WORD_ID
+    assert V.ID_TO_TOKEN[V.FIRST_ADDED_WORD_ID + len(V.ADDED_WORDS)] == f"<reserved_{len(V.ADDED_WORDS)}>"
+    assert V.word_ids() == [V.TOKEN_TO_ID[w] for w in (*V.WORDS, *V.ADDED_WORDS)]
+    assert not V.is_word_id(V.UNK_ID) and not V.is_word_id(V.FIRST_ADDED_WORD_ID + len(V.ADDED_WORDS))
 
 
 def test_image_round_trip_all_digits_lossless():
@@ -75,7 +81,7 @@ def test_saved_tokenizer_loads_in_transformers_with_identical_ids(tmp_path):
     assert len(tok) == V.VOCAB_SIZE
     assert (tok.pad_token_id, tok.bos_token_id, tok.eos_token_id, tok.sep_token_id) == (0, 1, 2, 3)
     for text in ("what digit is this ?", "is this digit greater than five ?", "what is this digit plus nine ? 18",
-                 "<s> <boi> <img_0> <img_16> <eoi> which digit is larger , the first or the second ? <sep> same </s>"):
+                 "<s> <boi> <img_0> <img_16> <eoi> what is the second digit in german ? <sep> fuenf </s>"):
         assert tok(text)["input_ids"] == V.encode_text(text)
     seq = V.understanding_prompt(np.zeros((8, 8), dtype=int), V.PRETRAIN_QUESTION)
     assert tok.decode(seq) == V.decode_text(seq)

@@ -1,17 +1,12 @@
 """Pre-train the tiny Chameleon-architecture base model (the UMGM) on digits, and store it.
 
-The base model learns both directions of the digits benchmark from the pre-training pool only
-(:func:`cl_platform.suites.digits.tasks.pretrain_examples`, 1,247 images, each used twice), plus
-plain text:
+The base model learns both directions of the digits benchmark from the pre-training pool only,
+and plain text (sources and mixing in :mod:`cl_platform.suites.digits.pretrain_data`):
 
-- understanding: ``<s> <boi> img <eoi> what digit is this ? <sep>`` -> ``seven </s>``
+- understanding: ``<s> <boi> img <eoi> what digit is this ? <sep>`` -> ``seven </s>`` (and
+  paraphrases of the question, and "what is the first / second digit ?" over two images)
 - generation:    ``<s> draw a seven <sep>`` -> ``<boi>`` + 64 grey-level codes + ``<eoi> </s>``
-- text:          ``<s> write w1 .. wn <sep>`` -> ``w1 .. wn </s>``: copying random sequences of
-  words drawn from the whole word list (:func:`text_rows`). A unified model is also a text model;
-  without this, every word the base never had to *emit* (all the tasks' answers) keeps an
-  untrained LM-head row, and those rows collapse onto one shared direction (cosine ~0.94 between
-  them), so adapters on the MLPs alone cannot tell ``even`` from ``odd`` (measured: LoRA upper
-  bounds 0.06-0.50). The sequences are random, so no task knowledge leaks into the base model.
+- text:          ``<s> write w1 .. wn <sep>`` -> ``w1 .. wn </s>`` (copying random word sequences)
 
 with the answer-only loss of :mod:`cl_platform.train.batches` (every row weighs the same, so the
 one-word answers are not drowned by the 67-token images), AdamW, linear warm-up then cosine decay.
@@ -43,6 +38,7 @@ import numpy as np
 import torch
 
 from cl_platform.eval.generation import ImageSampling
+from cl_platform.suites.digits.pretrain_data import MixtureBatches, MixtureWeights, build_sources
 from cl_platform.models.tiny import TinyModelConfig
 
 #: Default name of the base model in the store (``<store>/models/digits-base``).
@@ -77,7 +73,7 @@ class PretrainConfig:
         warmup_steps: linear warm-up steps.
         weight_decay: AdamW weight decay, applied to 2-D weight matrices except the embedding.
         grad_clip: gradient-norm clipping.
-        text_fraction: share of text (word copying) rows among the training rows, see :func:`text_rows`.
+        mixture: how the pre-training sources are mixed (:class:`MixtureWeights`).
         loss_reduction: ``"row"`` (each row weighs the same) or ``"token"``; see
             :func:`cl_platform.train.batches.answer_loss`.
         threads: torch intra-op threads.
@@ -88,14 +84,14 @@ class PretrainConfig:
     """
 
     seed: int = 0
-    steps: int = 600
+    steps: int = 900
     batch_size: int = 64
     lr: float = 3e-3
     min_lr_ratio: float = 0.05
     warmup_steps: int = 50
     weight_decay: float = 0.01
     grad_clip: float = 1.0
-    text_fraction: float = 0.25
+    mixture: MixtureWeights = field(default_factory=MixtureWeights)
     loss_reduction: str = "row"
     threads: int = 2
     model: TinyModelConfig = field(default_factory=default_model_config)
@@ -109,8 +105,6 @@ class PretrainConfig:
                 raise ValueError(f"PretrainConfig.{name} must be positive, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ValueError(f"PretrainConfig.lr must be positive, got {self.lr}")
-        if not 0.0 <= self.text_fraction < 1.0:
-            raise ValueError(f"PretrainConfig.text_fraction must be in [0, 1), got {self.text_fraction}")
         if self.loss_reduction not in ("row", "token"):
             raise ValueError(f"PretrainConfig.loss_reduction must be 'row' or 'token', got {self.loss_reduction!r}")
 
@@ -118,6 +112,7 @@ class PretrainConfig:
         d = asdict(self)
         d["model"] = self.model.to_dict()
         d["sampling"] = self.sampling.to_dict()
+        d["mixture"] = asdict(self.mixture)
         return d
 
 
@@ -186,37 +181,6 @@ def _fmt_seconds(s: float) -> str:
     return f"{s // 60}:{s % 60:02d}"
 
 
-def text_rows(seed: int, n_rows: int, *, max_words: int = 32) -> list[tuple[list[int], int]]:
-    """``n_rows`` text rows ``<s> write w1 .. wn <sep> w1 .. wn </s>`` (n uniform in 1..max_words).
-
-    Words are drawn uniformly from the whole word list of the vocabulary (``vocab.WORDS``).
-    """
-    from cl_platform.suites.digits import vocab as V
-
-    rng = np.random.default_rng([int(seed), 0x7E47])
-    word_ids = np.arange(V.FIRST_WORD_ID, V.FIRST_WORD_ID + len(V.WORDS))
-    write = V.encode_text("write")
-    rows = []
-    for _ in range(n_rows):
-        words = rng.choice(word_ids, size=int(rng.integers(1, max_words + 1))).tolist()
-        rows.append(V.make_example([V.BOS_ID, *write, *words, V.SEP_ID], [*words, V.EOS_ID]))
-    return rows
-
-
-def train_rows(seed: int, *, text_fraction: float = 0.25) -> list[tuple[list[int], int]]:
-    """All pre-training ``(tokens, answer_start)`` rows: understanding, generation, then text.
-
-    ``text_fraction`` is the share of text rows among all rows.
-    """
-    from cl_platform.suites.digits.tasks import pretrain_examples
-    from cl_platform.train.batches import rows_from_table
-
-    understanding, generation = pretrain_examples(seed)
-    rows = rows_from_table(understanding) + rows_from_table(generation)
-    n_text = int(round(len(rows) * text_fraction / (1.0 - text_fraction))) if text_fraction > 0 else 0
-    return rows + text_rows(seed, n_text)
-
-
 def evaluate_base(
     model: torch.nn.Module,
     seed: int = 0,
@@ -261,12 +225,13 @@ def pretrain(cfg: PretrainConfig = PretrainConfig(), *, log: Callable[[str], Non
     """
     from cl_platform.models.tiny import build_tiny_model, count_parameters
     from cl_platform.suites.digits import vocab as V
-    from cl_platform.train.batches import answer_loss, shuffled_batches
+    from cl_platform.train.batches import answer_loss
 
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     try:
-        rows = train_rows(cfg.seed, text_fraction=cfg.text_fraction)
+        short, long = build_sources(cfg.seed, cfg.mixture)
+        n_rows = sum(len(src.rows) for src in short) + len(long.rows)
         model = build_tiny_model(
             V.DIGITS_SPEC,
             cfg.model,
@@ -276,19 +241,14 @@ def pretrain(cfg: PretrainConfig = PretrainConfig(), *, log: Callable[[str], Non
             seed=cfg.seed,
         )
         log(
-            f"pre-training digits base: {count_parameters(model):,} parameters, {len(rows)} rows, "
+            f"pre-training digits base: {count_parameters(model):,} parameters, {n_rows} rows "
+            f"({', '.join(f'{src.name} {len(src.rows)}' for src in [*short, long])}), "
             f"{cfg.steps} steps x {cfg.batch_size}, lr {cfg.lr:g}, {cfg.threads} threads"
         )
         opt = _optimizer(model, cfg)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_at(s, cfg))
-        rng = np.random.default_rng([cfg.seed, 0x9E7])
+        stream = MixtureBatches(short, long, cfg.batch_size, cfg.mixture, cfg.seed)
         model.train()
-
-        def batches():
-            while True:
-                yield from shuffled_batches(rows, cfg.batch_size, V.PAD_ID, rng=rng)
-
-        stream = batches()
         recent: list[float] = []
         t0 = time.perf_counter()
         for step in range(cfg.steps):
@@ -470,6 +430,4 @@ __all__ = [
     "pretrain",
     "read_base_model",
     "save_base_model",
-    "text_rows",
-    "train_rows",
 ]

@@ -9,30 +9,40 @@ task eval x 5       8 each        400     eval rows of each task (80 images per 
 holdout             15            150     model-card eval (pre-training questions), judge
                                           held-out accuracy, reference images of the probe
 pretrain            the rest      1,247   pre-training (understanding + generation), judge
-                                          training, the ``kd`` stream, and the task train pools
-task train x 5      20 each       1,000   train rows of each task (200 images per task),
-                                          disjoint subsets of the pretrain pool
+                                          training, the ``kd`` stream, and every task's train
+                                          rows (1,000 images per task, seeded per task)
 ==================  ============  ======  ====================================================
 
-Decision: the task train pools are **inside** the pre-training pool (the base model has seen those
-images when learning to name and draw digits; the tasks teach new *skills*, not new images), which
-keeps as many images as possible for pre-training. The task eval pools and the holdout pool are held
-out from everything: pre-training, every task's train rows, the judge's training set and the
-``kd`` stream. All ten task pools are mutually disjoint.
+Decision: every task trains on images of the pre-training pool (the base model has seen those
+images when learning to name and draw digits; the tasks teach new *skills*, not new images), and
+the tasks share that pool. Measured: a LoRA trained on 200 images reached 0.81-0.87 on ``name``,
+on 1,000 images 0.90; pools disjoint between tasks would leave 200 each. The task eval pools and
+the holdout pool are held out from everything: pre-training, every task's train rows, the judge's
+training set and the ``kd`` stream, and the five eval pools are mutually disjoint.
 
 Tasks (in :data:`TASK_ORDER`), each a new instruction with its own answer vocabulary, disjoint from
 the other tasks' and from pre-training's (English digit words):
 
 - ``parity``:  "is this digit even or odd ?"                          -> even | odd
-- ``plus_k``:  "what is this digit plus three ?" (k = 1..9)           -> numerals 1..18
-- ``compare``: "is this digit greater than five ?" (k = 0..8)          -> yes | no
+- ``plus_k``:  "what is this digit plus three ?" (k = :data:`PLUS_K`)  -> numerals 3..12
+- ``compare``: "is this digit greater than four ?" (k = :data:`COMPARE_K`) -> yes | no
 - ``name``:    "what is the spanish name of this digit ?"              -> cero .. nueve
-- ``pair``:    two images, "which digit is larger , the first or the second ?" -> first | second | same
+- ``pair``:    two images of the same digit, "what digit is in both images in german ?" -> null .. neun
 
-Rows: each task has 400 train rows (its 200 images, each twice, in a seeded order, with a fresh
-random parameter k / partner image each time) and 80 eval rows (one per eval image; for ``pair`` the
-eval image is the first image and its partner is drawn from the same eval pool). ``pair`` draws the
-answer class uniformly, then a partner image that makes it true.
+Decision: ``k`` is fixed per task. With ``k`` drawn per row (1..9 / 0..8) a task is a table over
+(digit, k) that 400 rows did not cover: plain LoRA from the base reached 0.21 (``plus_k``) and 0.85
+(``compare``, LoRA on every linear layer, 750 steps) on the eval split. Comparing two images
+("which is larger ?") stayed at chance (0.33) for the same reason. Each task is now one
+instruction whose answer is a function of the image(s), learnable by a LoRA on the MLPs alone
+(upper bounds: ``benchmarks/digits_upper_bound.py``), and every task rewrites how the same digit
+features are read out, so learning one interferes with the others. ``pair`` shows two different
+images of one digit: the tiny base reads a digit among two images less reliably (0.75-0.83 on
+held-out pairs, against 0.93 alone), and a question on one of two images of different digits
+stayed at 0.70.
+
+Rows: each task has 1,000 train rows (1,000 distinct images of the pool in a seeded order; for
+``pair`` each with a partner image of the same digit, in random order) and 80 eval rows (one per
+eval image; for ``pair`` its partner is another image of the same digit from the same eval pool).
 
 Streams (rows ``tokens`` = ``<s> draw a <word> <sep> <boi> 64 codes <eoi> </s>``, ``label``,
 ``prompt_len``): ``kd`` = 500 images of the pretrain pool (50 per digit), ``probe`` = 10 prompts per
@@ -61,10 +71,13 @@ from cl_platform.suites.digits import vocab as V
 # --------------------------------------------------------------------------------------------
 
 TASK_ORDER: tuple[str, ...] = ("parity", "plus_k", "compare", "name", "pair")
+#: The k of ``plus_k`` ("what is this digit plus three ?").
+PLUS_K = 3
+#: The k of ``compare`` ("is this digit greater than four ?": yes for 5..9, no for 0..4).
+COMPARE_K = 4
 EVAL_PER_DIGIT_PER_TASK = 8
 HOLDOUT_PER_DIGIT = 15
-TRAIN_PER_DIGIT_PER_TASK = 20
-TRAIN_ROWS_PER_TASK = 400
+TRAIN_ROWS_PER_TASK = 1000
 KD_PER_DIGIT = 50
 PROBE_PER_DIGIT = 10
 
@@ -106,10 +119,10 @@ class DigitsSplit:
     """Indices into :func:`load_digit_images` (sorted int64 arrays).
 
     Attributes:
-        pretrain: images for pre-training, the judge's training set and the ``kd`` stream; the task
-            train pools are subsets of it.
+        pretrain: images for pre-training, the judge's training set, the ``kd`` stream and the
+            tasks' train rows.
         holdout: held out from everything; model-card eval, judge accuracy, probe references.
-        task_train: per task, its train pool (a subset of ``pretrain``; pools mutually disjoint).
+        task_train: per task, its train pool (the ``pretrain`` pool, shared by the tasks).
         task_eval: per task, its eval pool (disjoint from everything else).
     """
 
@@ -141,12 +154,11 @@ def make_split(seed: int = 0, tasks: tuple[str, ...] = TASK_ORDER) -> DigitsSpli
     _, labels = load_digit_images()
     rng = _rng(seed, "split")
     eval_parts: dict[str, list[np.ndarray]] = {t: [] for t in tasks}
-    train_parts: dict[str, list[np.ndarray]] = {t: [] for t in tasks}
     holdout, pretrain = [], []
-    n_eval, n_train = EVAL_PER_DIGIT_PER_TASK, TRAIN_PER_DIGIT_PER_TASK
+    n_eval = EVAL_PER_DIGIT_PER_TASK
     for digit in range(10):
         idx = rng.permutation(np.flatnonzero(labels == digit))
-        need = len(tasks) * (n_eval + n_train) + HOLDOUT_PER_DIGIT
+        need = len(tasks) * n_eval + HOLDOUT_PER_DIGIT + TRAIN_ROWS_PER_TASK // 10
         if idx.size < need:
             raise ValueError(f"make_split: digit {digit} has {idx.size} images, the split needs {need}")
         pos = 0
@@ -155,15 +167,13 @@ def make_split(seed: int = 0, tasks: tuple[str, ...] = TASK_ORDER) -> DigitsSpli
             pos += n_eval
         holdout.append(idx[pos : pos + HOLDOUT_PER_DIGIT])
         pos += HOLDOUT_PER_DIGIT
-        rest = idx[pos:]
-        pretrain.append(rest)
-        for k, t in enumerate(tasks):
-            train_parts[t].append(rest[k * n_train : (k + 1) * n_train])
+        pretrain.append(idx[pos:])
     cat = lambda parts: np.sort(np.concatenate(parts)).astype(np.int64)  # noqa: E731
+    pool = cat(pretrain)
     return DigitsSplit(
-        pretrain=cat(pretrain),
+        pretrain=pool,
         holdout=cat(holdout),
-        task_train={t: cat(p) for t, p in train_parts.items()},
+        task_train={t: pool for t in tasks},
         task_eval={t: cat(p) for t, p in eval_parts.items()},
     )
 
@@ -196,34 +206,31 @@ def _parity(i: int, labels: np.ndarray, rng: np.random.Generator, pool: np.ndarr
 
 
 def _plus_k(i: int, labels: np.ndarray, rng: np.random.Generator, pool: np.ndarray) -> Item:
-    d, k = int(labels[i]), int(rng.integers(1, 10))
-    return Item((i,), f"what is this digit plus {V.DIGIT_WORDS[k]} ?", str(d + k), k)
+    d = int(labels[i])
+    return Item((i,), f"what is this digit plus {V.DIGIT_WORDS[PLUS_K]} ?", str(d + PLUS_K), PLUS_K)
 
 
 def _compare(i: int, labels: np.ndarray, rng: np.random.Generator, pool: np.ndarray) -> Item:
-    d, k = int(labels[i]), int(rng.integers(0, 9))
-    return Item((i,), f"is this digit greater than {V.DIGIT_WORDS[k]} ?", "yes" if d > k else "no", k)
+    d = int(labels[i])
+    return Item((i,), f"is this digit greater than {V.DIGIT_WORDS[COMPARE_K]} ?", "yes" if d > COMPARE_K else "no", COMPARE_K)
 
 
 def _name(i: int, labels: np.ndarray, rng: np.random.Generator, pool: np.ndarray) -> Item:
     return Item((i,), "what is the spanish name of this digit ?", V.SPANISH_DIGIT_WORDS[int(labels[i])])
 
 
-PAIR_QUESTION = "which digit is larger , the first or the second ?"
+PAIR_QUESTION = "what digit is in both images in german ?"
 
 
 def _pair(i: int, labels: np.ndarray, rng: np.random.Generator, pool: np.ndarray) -> Item:
-    """Partner drawn from ``pool`` so that the answer class (first / second / same) is uniform."""
+    """Image ``i`` and another image of the same digit from ``pool``, in random order."""
     d = int(labels[i])
-    others = pool[pool != i]
-    other_labels = labels[others]
-    choices = {"first": others[other_labels < d], "second": others[other_labels > d], "same": others[other_labels == d]}
-    possible = [a for a in ("first", "second", "same") if choices[a].size]
-    if not possible:
-        raise ValueError(f"pair task: pool of {pool.size} images has no partner for image {i}")
-    answer = possible[int(rng.integers(len(possible)))]
-    j = int(rng.choice(choices[answer]))
-    return Item((i, j), PAIR_QUESTION, answer)
+    partners = pool[(labels[pool] == d) & (pool != i)]
+    if not partners.size:
+        raise ValueError(f"pair task: pool of {pool.size} images has no other image of digit {d} for image {i}")
+    j = int(rng.choice(partners))
+    images = (i, j) if rng.integers(2) else (j, i)
+    return Item(images, PAIR_QUESTION, V.GERMAN_DIGIT_WORDS[d])
 
 
 @dataclass(frozen=True)
@@ -245,10 +252,10 @@ class TaskDef:
 
 TASK_DEFS: dict[str, TaskDef] = {
     "parity": TaskDef("parity", "is the digit even or odd", ("even", "odd"), _parity),
-    "plus_k": TaskDef("plus_k", "the digit plus k (k = 1..9), answered as a numeral", tuple(str(n) for n in range(1, 19)), _plus_k),
-    "compare": TaskDef("compare", "is the digit greater than k (k = 0..8)", ("yes", "no"), _compare),
+    "plus_k": TaskDef("plus_k", f"the digit plus {PLUS_K}, answered as a numeral", tuple(str(n + PLUS_K) for n in range(10)), _plus_k),
+    "compare": TaskDef("compare", f"is the digit greater than {COMPARE_K}", ("yes", "no"), _compare),
     "name": TaskDef("name", "the Spanish name of the digit", V.SPANISH_DIGIT_WORDS, _name),
-    "pair": TaskDef("pair", "which of two digits is larger (first / second / same)", ("first", "second", "same"), _pair),
+    "pair": TaskDef("pair", "two images of one digit, named in German", V.GERMAN_DIGIT_WORDS, _pair),
 }
 
 
@@ -499,7 +506,7 @@ def build_suite(seed: int = 0) -> DigitsSuite:
 
 
 __all__ = [
-    "TASK_ORDER", "TASK_DEFS", "TRAIN_SCHEMA", "EVAL_SCHEMA", "STREAM_SCHEMA", "PRETRAIN_SCHEMA",
+    "TASK_ORDER", "PLUS_K", "COMPARE_K", "TASK_DEFS", "TRAIN_SCHEMA", "EVAL_SCHEMA", "STREAM_SCHEMA", "PRETRAIN_SCHEMA",
     "load_digit_images", "make_split", "DigitsSplit", "Item", "TaskDef", "DigitsTask", "build_task",
     "generation_stream", "kd_stream", "probe_stream", "pretrain_examples", "PretrainEval", "pretrain_eval",
     "DigitsSuite", "build_suite",

@@ -60,7 +60,9 @@ IMAGE_TOKENS: tuple[str, ...] = tuple(f"<img_{g}>" for g in range(NUM_LEVELS))
 DIGIT_WORDS: tuple[str, ...] = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 #: Spanish digit words, index = digit. Answers of the ``name`` task (a new way to name a digit).
 SPANISH_DIGIT_WORDS: tuple[str, ...] = ("cero", "uno", "dos", "tres", "cuatro", "cinco", "seis", "siete", "ocho", "nueve")
-#: Numerals "0".."18", answers of the ``plus_k`` task (digit + k with k in 1..9).
+#: German digit words, index = digit (ASCII: "fuenf"). Answers of the ``pair`` task.
+GERMAN_DIGIT_WORDS: tuple[str, ...] = ("null", "eins", "zwei", "drei", "vier", "fuenf", "sechs", "sieben", "acht", "neun")
+#: Numerals "0".."18", answers of the ``plus_k`` task (digit + k).
 NUMERALS: tuple[str, ...] = tuple(str(n) for n in range(19))
 
 #: The fixed, ordered word list; word ``WORDS[i]`` has id ``FIRST_WORD_ID + i``. Append-only via the
@@ -79,12 +81,18 @@ WORDS: tuple[str, ...] = (
 FIRST_WORD_ID = IMAGE_CODE_HI  # 23
 UNK_TOKEN = "<unk>"
 UNK_ID = FIRST_WORD_ID + len(WORDS)
+#: Words added later, in the first reserved slots after ``<unk>`` (``<reserved_k>`` -> word k).
+ADDED_WORDS: tuple[str, ...] = (*GERMAN_DIGIT_WORDS, "german", "both", "images")
+FIRST_ADDED_WORD_ID = UNK_ID + 1
 #: Total number of ids (fixed for the lifetime of the ``digits-v1`` spec).
 VOCAB_SIZE = 128
-RESERVED_TOKENS: tuple[str, ...] = tuple(f"<reserved_{k}>" for k in range(VOCAB_SIZE - UNK_ID - 1))
+#: The slots still free (they keep their ``<reserved_k>`` names as words are added).
+RESERVED_TOKENS: tuple[str, ...] = tuple(f"<reserved_{k}>" for k in range(len(ADDED_WORDS), VOCAB_SIZE - UNK_ID - 1))
+#: Every word, in id order (:data:`WORDS` then :data:`ADDED_WORDS`).
+ALL_WORDS: tuple[str, ...] = (*WORDS, *ADDED_WORDS)
 
 #: Every token, index = id.
-ID_TO_TOKEN: tuple[str, ...] = (*SPECIAL_TOKENS, *IMAGE_TOKENS, *WORDS, UNK_TOKEN, *RESERVED_TOKENS)
+ID_TO_TOKEN: tuple[str, ...] = (*SPECIAL_TOKENS, *IMAGE_TOKENS, *WORDS, UNK_TOKEN, *ADDED_WORDS, *RESERVED_TOKENS)
 TOKEN_TO_ID: dict[str, int] = {tok: i for i, tok in enumerate(ID_TO_TOKEN)}
 #: Tokens that are not words (control, image, unk, reserved); added as special tokens.
 NON_WORD_TOKENS: tuple[str, ...] = (*SPECIAL_TOKENS, *IMAGE_TOKENS, UNK_TOKEN, *RESERVED_TOKENS)
@@ -274,7 +282,7 @@ def encode_text(text: str) -> list[int]:
         unknown = [text[a:b] for i, (a, b) in zip(enc.ids, enc.offsets) if i == UNK_ID]
         raise ValueError(
             f"encode_text({text!r}): unknown word(s) {unknown}; the digits vocabulary is closed "
-            f"(see cl_platform.suites.digits.vocab.WORDS)"
+            f"(see cl_platform.suites.digits.vocab.ALL_WORDS)"
         )
     return list(enc.ids)
 
@@ -297,8 +305,14 @@ def decode_text(ids: Sequence[int], *, skip_special: bool = False) -> str:
 
 
 def is_word_id(i: int) -> bool:
-    """True when ``i`` is the id of a word of :data:`WORDS`."""
-    return FIRST_WORD_ID <= int(i) < UNK_ID
+    """True when ``i`` is the id of a word (:data:`ALL_WORDS`)."""
+    i = int(i)
+    return FIRST_WORD_ID <= i < UNK_ID or FIRST_ADDED_WORD_ID <= i < FIRST_ADDED_WORD_ID + len(ADDED_WORDS)
+
+
+def word_ids() -> list[int]:
+    """The ids of every word of :data:`ALL_WORDS`, in order."""
+    return [TOKEN_TO_ID[w] for w in ALL_WORDS]
 
 
 def word_id(word: str) -> int:
@@ -386,7 +400,8 @@ def generation_example(digit: int, image: np.ndarray) -> tuple[list[int], int]:
 __all__ = [
     "PAD_ID", "BOS_ID", "EOS_ID", "SEP_ID", "BOI_ID", "EOI_ID", "UNK_ID",
     "IMAGE_CODE_LO", "IMAGE_CODE_HI", "NUM_LEVELS", "IMAGE_SIDE", "IMAGE_NUM_CODES", "IMAGE_SEQ_LEN",
-    "FIRST_WORD_ID", "VOCAB_SIZE", "WORDS", "DIGIT_WORDS", "SPANISH_DIGIT_WORDS", "NUMERALS",
+    "FIRST_WORD_ID", "VOCAB_SIZE", "WORDS", "ADDED_WORDS", "ALL_WORDS", "FIRST_ADDED_WORD_ID", "DIGIT_WORDS",
+    "SPANISH_DIGIT_WORDS", "GERMAN_DIGIT_WORDS", "NUMERALS", "word_ids",
     "ID_TO_TOKEN", "TOKEN_TO_ID", "DIGITS_SPEC", "PRETRAIN_QUESTION", "GENERATION_TEMPLATE",
     "SPECIAL_TOKENS_MAP",
     "encode_image", "decode_image", "encode_images", "decode_images",
