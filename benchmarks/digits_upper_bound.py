@@ -51,7 +51,7 @@ class LoraRun:
     alpha: int = 16
     dropout: float = 0.05
     targets: tuple[str, ...] = ("gate_proj", "up_proj", "down_proj")
-    epochs: int = 8
+    epochs: int = 16
     batch_size: int = 16
     lr: float = 3e-3
     weight_decay: float = 0.0

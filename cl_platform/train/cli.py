@@ -64,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP)")
     r.add_argument("--cpus-per-worker", type=float, default=1.0)
     r.add_argument("--gpus-per-worker", type=float, default=None, help="default: 1 when the cluster has GPUs, else 0")
+    r.add_argument("--threads-per-worker", type=int, default=s.torch_threads,
+                   help="torch threads in each worker (default 0: one per CPU the worker reserves)")
+    r.add_argument("--cache-rows", type=int, default=s.cache_rows,
+                   help="keep a worker's shard of a task in memory after the first pass when it has at most "
+                        f"this many rows (default {s.cache_rows}; 0 streams every pass)")
     r.add_argument("--max-failures", type=int, default=s.max_failures)
     r.add_argument("--ray-address", default=None, help="Ray cluster address (default: RAY_ADDRESS or an embedded local Ray)")
     run = p.add_argument_group("run")
@@ -166,6 +171,7 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
         steps_per_task=args.steps if args.steps is not None else SequenceConfig.steps_per_task, batch_size=args.batch_size, kd_batch_size=args.kd_batch_size, lr=args.lr,
         seed=args.seed, checkpoint_every=args.checkpoint_every, num_workers=args.workers,
         cpus_per_worker=args.cpus_per_worker, gpus_per_worker=gpus, max_failures=args.max_failures,
+        torch_threads=args.threads_per_worker, cache_rows=args.cache_rows,
     )
     if args.quick:  # fewer steps and a smaller probe, unless --steps / --probe-per-digit say otherwise
         if args.steps is None:

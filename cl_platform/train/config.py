@@ -40,6 +40,12 @@ class SequenceConfig:
         log_every: progress line every N steps.
         num_workers, cpus_per_worker, gpus_per_worker: Ray Train scaling.
         max_failures: worker-group restarts allowed (FailureConfig).
+        cache_rows: a task split or KD stream of at most this many rows is materialized in Ray's
+            object store before the fit (read and prepared once), and a worker whose shard has
+            at most this many rows keeps it in memory after its first pass and reshuffles it
+            there for every later pass (0: every pass is streamed from the files).
+        torch_threads: torch intra-op threads per worker (0: as Ray sets them, one per CPU the
+            worker reserves).
     """
 
     run: str
@@ -69,6 +75,8 @@ class SequenceConfig:
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
     max_failures: int = 2
+    cache_rows: int = 50_000
+    torch_threads: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -199,7 +199,8 @@ def init_ray(
       An ``http://`` address is the dashboard's (what ``ray job submit`` wants) and cannot be
       connected to: ``ValueError`` saying what to do instead.
     - Otherwise start a local Ray in this process: its own temp dir (``temp_dir``, default
-      :func:`default_temp_dir`), no dashboard, usage stats off (``RAY_USAGE_STATS_ENABLED=0``),
+      :func:`default_temp_dir`), no dashboard (so the State API's absence is not logged every
+      second: :mod:`cl_platform.train.ray_logging`), usage stats off (``RAY_USAGE_STATS_ENABLED=0``),
       ``num_cpus`` CPUs (default: all); returns True, and the caller should ``ray.shutdown()``.
 
     ``runtime_env`` is passed to ``ray.init`` (e.g. :func:`runtime_env_for_store`).
@@ -225,6 +226,9 @@ def init_ray(
         return False
     temp_dir = temp_dir or default_temp_dir()
     os.makedirs(temp_dir, exist_ok=True)
+    from cl_platform.train.ray_logging import SETUP_HOOK
+
+    kwargs["runtime_env"] = {**kwargs.get("runtime_env", {}), "worker_process_setup_hook": SETUP_HOOK}
     ray.init(
         address="local",
         num_cpus=num_cpus,

@@ -18,6 +18,7 @@ import tempfile
 import time
 from typing import Any, Iterator
 
+import numpy as np
 import torch
 
 from cl_platform.data.pipeline import pad_collate
@@ -34,19 +35,50 @@ from cl_platform.train.ledger import Ledger
 from cl_platform.train.teacher_cache import TeacherCache
 
 
-def _cycle(shard, batch_size: int, pad_id: int, seed: int) -> Iterator[dict]:
-    epoch = 0
+def _as_rows(column: np.ndarray) -> np.ndarray:
+    """A batch column as a 1-D array of rows (Ray gives equal-length token lists as one 2-D array)."""
+    if column.ndim == 1:
+        return column
+    rows = np.empty(len(column), dtype=object)
+    rows[:] = list(column)
+    return rows
+
+
+def _cycle(shard, batch_size: int, pad_id: int, seed: int, cache_rows: int = 0) -> Iterator[dict]:
+    """Endless padded batches from a dataset shard, one pass after another.
+
+    The first pass streams from Ray Data (local shuffle buffer). A shard of at most
+    ``cache_rows`` rows is kept in memory during that pass, and every later pass reshuffles it
+    in memory (seeded) instead of executing the dataset again.
+    """
+    epoch, cached, rows_seen = 0, [], 0
+    for batch in shard.iter_batches(
+        batch_size=batch_size, batch_format="numpy", local_shuffle_buffer_size=4 * batch_size,
+        local_shuffle_seed=seed, drop_last=False,
+    ):
+        rows_seen += len(batch["tokens"])
+        if cached is not None:
+            cached.append(batch)
+            if rows_seen > cache_rows:
+                cached = None
+        yield pad_collate(batch, pad_id)
+    if rows_seen == 0:
+        raise ValueError("empty dataset shard: the task has fewer rows than workers")
+    if cached is not None:
+        columns = {k: np.concatenate([_as_rows(b[k]) for b in cached]) for k in cached[0]}
+        rng = np.random.default_rng([seed, 0xCAC4E])
+        while True:
+            order = rng.permutation(rows_seen)
+            for lo in range(0, rows_seen, batch_size):
+                idx = order[lo : lo + batch_size]
+                yield pad_collate({k: v[idx] for k, v in columns.items()}, pad_id)
     while True:
-        n = 0
+        epoch += 1
         for batch in shard.iter_batches(
             batch_size=batch_size, batch_format="numpy", local_shuffle_buffer_size=4 * batch_size,
             local_shuffle_seed=seed + epoch, drop_last=False,
         ):
-            n += 1
             yield pad_collate(batch, pad_id)
-        if n == 0:
-            raise ValueError("empty dataset shard: the task has fewer rows than workers")
-        epoch += 1
 
 
 def _progress_logger(method: str):
@@ -108,6 +140,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     store = Store(cfg.store)
     spec = ModalitySpec.from_dict(cfg.spec)
     torch.manual_seed(cfg.seed)
+    if cfg.torch_threads > 0:
+        torch.set_num_threads(cfg.torch_threads)
     log = _progress_logger(cfg.method) if rank == 0 else (lambda msg: None)
 
     base = load_model(cfg.model_uri)
@@ -160,7 +194,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     teacher = None
     if method.needs_teacher and cfg.teacher_cache and cfg.kd_stream:
         teacher = TeacherCache.from_bytes(store.read_bytes(cfg.teacher_cache))
-        kd_iter = _cycle(ray.train.get_dataset_shard("kd"), cfg.kd_batch_size, spec.pad_id, cfg.seed + 7)
+        kd_iter = _cycle(ray.train.get_dataset_shard("kd"), cfg.kd_batch_size, spec.pad_id, cfg.seed + 7, cfg.cache_rows)
 
     trainable = [p for p in inner.parameters() if p.requires_grad]
     for r in range(state["round"], len(cfg.tasks)):
@@ -176,7 +210,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             opt.load_state_dict(opt_state["opt"])
             sched.load_state_dict(opt_state["sched"])
         opt_state = None
-        it = _cycle(ray.train.get_dataset_shard(f"task_{r}"), cfg.batch_size, spec.pad_id, cfg.seed + 1000 * r + start_step)
+        it = _cycle(ray.train.get_dataset_shard(f"task_{r}"), cfg.batch_size, spec.pad_id, cfg.seed + 1000 * r + start_step,
+                    cfg.cache_rows)
         model.train()
         t0, loss_ema, terms_ema = time.time(), None, {}
         log(f"round {r + 1}/{len(cfg.tasks)} '{task}' (attempt {attempt}): steps {start_step}..{cfg.steps_per_task}")

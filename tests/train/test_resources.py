@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import pickle
 
 import pytest
@@ -110,3 +111,15 @@ def test_valid_requests_are_accepted(ray_2cpu):
     validate_resources(4, 0.5, 0)
     assert use_gpu_auto() is False
     assert init_ray() is False  # already initialised: nothing started
+
+
+def test_embedded_ray_workers_silence_the_cleaner_poll(ray_2cpu):
+    from cl_platform.train.ray_logging import QUIET_LOGGERS
+
+    @ray.remote(num_cpus=0)
+    def levels():
+        import logging
+
+        return [logging.getLogger(name).getEffectiveLevel() for name in QUIET_LOGGERS]
+
+    assert ray.get(levels.remote()) == [logging.ERROR] * len(QUIET_LOGGERS)

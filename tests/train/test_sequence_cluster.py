@@ -45,13 +45,14 @@ def _check_results(store: Store, run: str, method: str, tasks: list[str]) -> Non
 
 
 @pytest.mark.slow
-def test_quick_sequence_with_the_store_on_s3(fresh_digits_store, s3_url, moto_s3):
-    """The whole run reads and writes the store on (moto) S3: tasks and streams through Ray Data's
-    pyarrow S3 filesystem, Ray Train checkpoints, adapters, ledger, results and report."""
+def test_quick_sequence_two_workers_two_methods_with_the_store_on_s3(fresh_digits_store, s3_url, moto_s3):
+    """A --quick sequence of two methods on the embedded Ray with 2 workers (DDP), the whole run
+    reading and writing the store on (moto) S3: tasks and streams through Ray Data's pyarrow S3
+    filesystem, the teacher cache, Ray Train checkpoints, adapters, ledger, results and report."""
     store = Store(s3_url)
     for name in ("tasks", "streams", "suites", "models"):
         store.put_dir(os.path.join(fresh_digits_store, name), name)
-    run, method = "s3run", "seq_lora"
+    run, methods = "s3run", ["mode", "seq_lora"]
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", **moto_s3.env()}
     env.pop("RAY_ADDRESS", None)
     short_tmp = tempfile.mkdtemp(prefix="cls-", dir="/tmp")  # Ray's socket paths live under TMPDIR (107 bytes)
@@ -60,15 +61,18 @@ def test_quick_sequence_with_the_store_on_s3(fresh_digits_store, s3_url, moto_s3
     try:
         proc = subprocess.run(
             [sys.executable, str(JOB), "--store", s3_url, "--quick", "--tasks", ",".join(TASKS), "--suite", "digits",
-             "--method", method, "--workers", "2", "--cpus-per-worker", "0.5", "--checkpoint-every", "4", "--run", run],
+             "--methods", ",".join(methods), "--workers", "2", "--cpus-per-worker", "0.5", "--checkpoint-every", "4",
+             "--run", run],
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     finally:
         shutil.rmtree(short_tmp, ignore_errors=True)
     elapsed = time.monotonic() - t0
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
-    assert "avg accuracy" in proc.stdout
+    assert "avg accuracy" in proc.stdout and "generation drop" in proc.stdout
     assert f"results: {s3_url}/runs/{run}/results.json" in proc.stdout
-    _check_results(store, run, method, TASKS)
+    for method in methods:
+        _check_results(store, run, method, TASKS)
+    assert len(store.walk("cache/teacher")) == 1  # computed once, in the bucket
     # the base model came from the bucket, and nothing went to a local store
     assert store.read_json(f"runs/{run}/results.json")["config"]["model_uri"].startswith(f"{s3_url}/models/")
     assert not (ROOT / ".cl_store" / "runs" / run).exists()

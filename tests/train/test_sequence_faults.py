@@ -230,7 +230,7 @@ def test_worker_killed_mid_round_run_still_completes(fresh_digits_store, job_tmp
 
 @pytest.mark.slow
 def test_resume_after_the_driver_is_killed(fresh_digits_store, job_tmp, tmp_path):
-    store, run, method = Store(fresh_digits_store), "killdriver", "seq_lora"
+    store, run, method = Store(fresh_digits_store), "killdriver", "mode"
     args = ["--store", fresh_digits_store, "--quick", "--tasks", ",".join(TASKS), "--suite", "digits",
             "--method", method, "--workers", "2", "--cpus-per-worker", "0.5", "--checkpoint-every", "4",
             "--run", run]
@@ -270,6 +270,8 @@ def test_resume_after_the_driver_is_killed(fresh_digits_store, job_tmp, tmp_path
     assert not second.attributable()
     assert "avg accuracy" in out
     assert "round 1/2 'parity'" not in out, "round 0 was trained again"
+    # the teacher cache the killed run computed is reused by the resumed run
+    assert "teacher cache: reusing" in out and len(store.walk("cache/teacher")) == 1
     ledger = check_complete(store, run, method, TASKS)
     r0 = ledger.record(method, 0)
     assert r0.attempt == 1 and not r0.previous_attempts
