@@ -47,36 +47,26 @@ def prepare_rows(batch: pa.Table, image_token_ranges: Sequence[Sequence[int]]) -
     return batch.append_column("n_image", pa.array(_image_counts(tokens, image_token_ranges), pa.int32()))
 
 
-def train_dataset(store: Store, task: str, image_token_ranges: Sequence[Sequence[int]], *, materialize_rows: int = 0):
-    """The train split of ``task`` as a Ray dataset (``tokens``, ``answer_start``, ``length``, ``n_image``).
-
-    A split of at most ``materialize_rows`` rows (by its manifest) is executed once here and kept
-    in Ray's object store (``Dataset.materialize``): every fit and round that reads it then skips
-    the parquet read and the preparation. Larger splits (or ``materialize_rows=0``) stay lazy and
-    stream.
-    """
+def train_dataset(store: Store, task: str, image_token_ranges: Sequence[Sequence[int]]):
+    """The train split of ``task`` as a Ray dataset (``tokens``, ``answer_start``, ``length``, ``n_image``)."""
     import ray.data
 
     paths, fs = _split_paths(store, task, "task", "train")
     ds = ray.data.read_parquet(paths, filesystem=fs, columns=["tokens", "answer_start"])
-    ds = ds.map_batches(prepare_rows, batch_format="pyarrow", fn_kwargs={"image_token_ranges": image_token_ranges})
-    rows = store.read_json(f"{dataset_dir(task, 'task')}/manifest.json")["rows"]["train"]
-    return ds.materialize() if 0 < rows <= materialize_rows else ds
+    return ds.map_batches(prepare_rows, batch_format="pyarrow", fn_kwargs={"image_token_ranges": image_token_ranges})
 
 
-def stream_dataset(table: pa.Table, image_token_ranges: Sequence[Sequence[int]], *, materialize_rows: int = 0):
+def stream_dataset(table: pa.Table, image_token_ranges: Sequence[Sequence[int]]):
     """A generation stream (as :func:`~cl_platform.data.task_format.read_stream` loaded it, in
     canonical file order) as a Ray dataset with a ``row_id`` column: the row's index in that order,
-    which is also its row in the teacher cache. Materialized when it has at most
-    ``materialize_rows`` rows (see :func:`train_dataset`)."""
+    which is also its row in the teacher cache."""
     import ray.data
 
     cols = [c for c in ("tokens", "prompt_len") if c in table.column_names]
     table = table.select(cols).append_column("row_id", pa.array(np.arange(table.num_rows, dtype=np.int32)))
-    ds = ray.data.from_arrow(table).map_batches(
+    return ray.data.from_arrow(table).map_batches(
         prepare_rows, batch_format="pyarrow", fn_kwargs={"image_token_ranges": image_token_ranges}
     )
-    return ds.materialize() if 0 < table.num_rows <= materialize_rows else ds
 
 
 def pad_collate(batch: dict[str, np.ndarray], pad_id: int) -> dict[str, Any]:

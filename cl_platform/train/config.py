@@ -40,10 +40,9 @@ class SequenceConfig:
         log_every: progress line every N steps.
         num_workers, cpus_per_worker, gpus_per_worker: Ray Train scaling.
         max_failures: worker-group restarts allowed (FailureConfig).
-        cache_rows: a task split or KD stream of at most this many rows is materialized in Ray's
-            object store before the fit (read and prepared once), and a worker whose shard has
-            at most this many rows keeps it in memory after its first pass and reshuffles it
-            there for every later pass (0: every pass is streamed from the files).
+        cache_rows: a worker whose shard of a task or of the KD stream has at most this many rows
+            keeps it in memory after its first pass streamed from Ray Data, and reshuffles it
+            there for every later pass (0: every pass is streamed).
         torch_threads: torch intra-op threads per worker (0: as Ray sets them, one per CPU the
             worker reserves).
     """

@@ -87,11 +87,9 @@ def fit_method(cfg: SequenceConfig, store: Store, *, callbacks: Optional[list] =
     ctx.print_on_execution_start = False
     spec = ModalitySpec.from_dict(cfg.spec)
     ranges = [list(r) for r in spec.image_token_ranges]
-    small = cfg.cache_rows
-    datasets = {f"task_{i}": train_dataset(store, t, ranges, materialize_rows=small) for i, t in enumerate(cfg.tasks)}
+    datasets = {f"task_{i}": train_dataset(store, t, ranges) for i, t in enumerate(cfg.tasks)}
     if get_method(cfg.method).needs_teacher and cfg.kd_stream:
-        kd = read_stream(store, cfg.kd_stream, vocab_size=spec.vocab_size).data
-        datasets["kd"] = stream_dataset(kd, ranges, materialize_rows=small)
+        datasets["kd"] = stream_dataset(read_stream(store, cfg.kd_stream, vocab_size=spec.vocab_size).data, ranges)
     fs, root = store.pyarrow_filesystem()
     storage = f"{root.rstrip('/')}/runs/{cfg.run}/ray"
     if store.is_local:
