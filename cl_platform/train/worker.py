@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import tempfile
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Optional
 
-import numpy as np
 import torch
 
-from cl_platform.data.pipeline import pad_collate
 from cl_platform.data.task_format import read_task
 from cl_platform.methods import KDBatch, MethodConfig, StepInputs, get_method
 from cl_platform.models.modality import ModalitySpec
@@ -32,53 +31,8 @@ from cl_platform.train.config import SequenceConfig
 from cl_platform.train.evaluation import EvalSet, evaluate
 from cl_platform.train.kd import shifted_mask
 from cl_platform.train.ledger import Ledger
+from cl_platform.train.shards import ShardBatches
 from cl_platform.train.teacher_cache import TeacherCache
-
-
-def _as_rows(column: np.ndarray) -> np.ndarray:
-    """A batch column as a 1-D array of rows (Ray gives equal-length token lists as one 2-D array)."""
-    if column.ndim == 1:
-        return column
-    rows = np.empty(len(column), dtype=object)
-    rows[:] = list(column)
-    return rows
-
-
-def _cycle(shard, batch_size: int, pad_id: int, seed: int, cache_rows: int = 0) -> Iterator[dict]:
-    """Endless padded batches from a dataset shard, one pass after another.
-
-    The first pass streams from Ray Data (local shuffle buffer). A shard of at most
-    ``cache_rows`` rows is kept in memory during that pass, and every later pass reshuffles it
-    in memory (seeded) instead of executing the dataset again.
-    """
-    epoch, cached, rows_seen = 0, [], 0
-    for batch in shard.iter_batches(
-        batch_size=batch_size, batch_format="numpy", local_shuffle_buffer_size=4 * batch_size,
-        local_shuffle_seed=seed, drop_last=False,
-    ):
-        rows_seen += len(batch["tokens"])
-        if cached is not None:
-            cached.append(batch)
-            if rows_seen > cache_rows:
-                cached = None
-        yield pad_collate(batch, pad_id)
-    if rows_seen == 0:
-        raise ValueError("empty dataset shard: the task has fewer rows than workers")
-    if cached is not None:
-        columns = {k: np.concatenate([_as_rows(b[k]) for b in cached]) for k in cached[0]}
-        rng = np.random.default_rng([seed, 0xCAC4E])
-        while True:
-            order = rng.permutation(rows_seen)
-            for lo in range(0, rows_seen, batch_size):
-                idx = order[lo : lo + batch_size]
-                yield pad_collate({k: v[idx] for k, v in columns.items()}, pad_id)
-    while True:
-        epoch += 1
-        for batch in shard.iter_batches(
-            batch_size=batch_size, batch_format="numpy", local_shuffle_buffer_size=4 * batch_size,
-            local_shuffle_seed=seed + epoch, drop_last=False,
-        ):
-            yield pad_collate(batch, pad_id)
 
 
 def _progress_logger(method: str):
@@ -128,42 +82,119 @@ def _load_eval_set(cfg: SequenceConfig, store: Store, spec: ModalitySpec) -> Eva
                    probe_digits=digits, seed=cfg.seed, batch_size=cfg.eval_batch_size)
 
 
+def fit_configs(config: dict[str, Any]) -> list[SequenceConfig]:
+    """The per-method configs of a fit's ``train_loop_config`` (``{"methods": [SequenceConfig dicts]}``)."""
+    cfgs = [SequenceConfig.from_dict(d) for d in config["methods"]]
+    if not cfgs:
+        raise ValueError("a fit needs at least one method")
+    return cfgs
+
+
+class _Fit:
+    """What every method of one fit shares inside a worker: store, shards, eval set, base scores."""
+
+    def __init__(self, cfg: SequenceConfig, rank: int, world: int, rows: dict[str, int]) -> None:
+        import ray.train
+
+        self.cfg, self.rank, self.world = cfg, rank, world
+        self.store = Store(cfg.store)
+        self.spec = ModalitySpec.from_dict(cfg.spec)
+        names = [f"task_{r}" for r in range(len(cfg.tasks))] + (["kd"] if "kd" in rows else [])
+        self.shards = ShardBatches({n: ray.train.get_dataset_shard(n) for n in names}, rows, world,
+                                   cfg.cache_rows, self.spec.pad_id)
+        self.eval_set: Optional[EvalSet] = None
+        self._base: Optional[tuple[list[float], Optional[float]]] = None
+        self.base_eval_seconds = 0.0  # spent evaluating the base model, reported once (see take_base_eval_seconds)
+        self._teacher: Optional[TeacherCache] = None
+
+    def evaluation_set(self) -> EvalSet:
+        if self.eval_set is None:
+            self.eval_set = _load_eval_set(self.cfg, self.store, self.spec)
+        return self.eval_set
+
+    def base_scores(self, load_base: Callable[[], torch.nn.Module], log) -> tuple[list[float], Optional[float]]:
+        """Accuracies and generation score of the base model, evaluated once per fit."""
+        if self._base is None:
+            t0 = time.time()
+            with torch.no_grad():
+                self._base = evaluate(load_base(), self.evaluation_set(), self.rank, self.world)
+            accs, gen = self._base
+            self.base_eval_seconds = time.time() - t0
+            log(f"base model: accuracy {' '.join(f'{a:.2f}' for a in accs)}"
+                + (f" | generation {gen:.3f}" if gen is not None else "") + f" ({time.time() - t0:.1f}s)")
+        return self._base
+
+    def take_base_eval_seconds(self) -> float:
+        """The base evaluation's seconds the first time asked, 0 after (each is recorded once)."""
+        s, self.base_eval_seconds = self.base_eval_seconds, 0.0
+        return s
+
+    def teacher(self, path: str) -> TeacherCache:
+        if self._teacher is None:
+            self._teacher = TeacherCache.from_bytes(self.store.read_bytes(path))
+        return self._teacher
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train entry point: every method of ``config["methods"]`` in turn, each through every round."""
+    import ray.train
+
+    cfgs = fit_configs(config)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    if cfgs[0].torch_threads > 0:
+        torch.set_num_threads(cfgs[0].torch_threads)
+    fit = _Fit(cfgs[0], rank, world, dict(config.get("rows") or {}))
+    fit.shards.start([f"task_{r}" for r in range(len(cfgs[0].tasks))] + ["kd"])
+
+    resume_state, resume_dir = None, None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        resume_dir = tempfile.mkdtemp(prefix="cl_resume_")
+        with checkpoint.as_directory() as d:
+            shutil.copytree(d, resume_dir, dirs_exist_ok=True)
+        resume_state = ckpt.load_training_state(resume_dir) or {}
+    try:
+        for cfg in cfgs:
+            # a checkpoint belongs to the method it names (the first one when it names none)
+            own = resume_state is not None and resume_state.get("method", cfgs[0].method) == cfg.method
+            _train_method(cfg, fit, resume_dir if own else None, resume_state if own else None)
+    finally:
+        if resume_dir is not None:
+            shutil.rmtree(resume_dir, ignore_errors=True)
+
+
+def _train_method(cfg: SequenceConfig, fit: _Fit, resume_dir: Optional[str], resume_state: Optional[dict]) -> None:
     import ray.train
     import ray.train.torch
 
     from cl_platform.models.chameleon import load_model
 
-    cfg = SequenceConfig.from_dict(config)
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    store = Store(cfg.store)
-    spec = ModalitySpec.from_dict(cfg.spec)
+    rank, world, store, spec = fit.rank, fit.world, fit.store, fit.spec
     torch.manual_seed(cfg.seed)
-    if cfg.torch_threads > 0:
-        torch.set_num_threads(cfg.torch_threads)
     log = _progress_logger(cfg.method) if rank == 0 else (lambda msg: None)
+    ledger = Ledger.open(store, cfg.run)
+    done = ledger.done_rounds(cfg.method)
+    if sorted(done) == list(range(len(cfg.tasks))):
+        log(f"ledger: all {len(cfg.tasks)} rounds done")
+        return
 
     base = load_model(cfg.model_uri)
     method = get_method(cfg.method, MethodConfig(**cfg.method_config))
     model = method.build(base, spec)
-    ledger = Ledger.open(store, cfg.run)
 
     # ---- position: Ray checkpoint, reconciled with the ledger
-    state: dict[str, Any] = {"round": 0, "step": 0, "R": [], "G": [], "base_acc": None, "method_state": {}}
+    state: dict[str, Any] = {"method": cfg.method, "round": 0, "step": 0, "R": [], "G": [], "base_acc": None,
+                             "method_state": {}}
     opt_state = None
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            ckpt.load_adapter_weights(model, d)
-            loaded = ckpt.load_training_state(d)
+    if resume_dir is not None:
+        ckpt.load_adapter_weights(model, resume_dir)
+        loaded = dict(resume_state or {})
         if loaded:
             opt_state = loaded.pop("optimizer", None)
             state.update(loaded)
             method.load_state_dict(state.get("method_state", {}))
         log(f"resumed from Ray checkpoint at round {state['round']} step {state['step']}")
-    ledger = ledger.refresh()
-    done = ledger.done_rounds(cfg.method)
     if done and max(done) + 1 > state["round"]:
         last = max(done)
         with tempfile.TemporaryDirectory() as d:
@@ -181,20 +212,23 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     model = ray.train.torch.prepare_model(model)
     inner = ckpt.unwrap(model)
     device = next(inner.parameters()).device
-    eval_set = _load_eval_set(cfg, store, spec)
+    eval_set = fit.evaluation_set()
 
     if state["base_acc"] is None:
-        t0 = time.time()
-        with torch.no_grad():
-            accs, gen = evaluate(inner, eval_set, rank, world)
-        state["base_acc"], state["G"] = accs, [gen]
-        log(f"start: accuracy {' '.join(f'{a:.2f}' for a in accs)}"
-            + (f" | generation {gen:.3f}" if gen is not None else "") + f" ({time.time() - t0:.1f}s)")
+        if cfg.from_checkpoint:  # the starting point is another run's adapter: score that
+            t0 = time.time()
+            with torch.no_grad():
+                accs, gen = evaluate(inner, eval_set, rank, world)
+            log(f"start: accuracy {' '.join(f'{a:.2f}' for a in accs)}"
+                + (f" | generation {gen:.3f}" if gen is not None else "") + f" ({time.time() - t0:.1f}s)")
+        else:
+            accs, gen = fit.base_scores(lambda: load_model(cfg.model_uri).to(device), log)
+        state["base_acc"], state["G"] = list(accs), [gen]
 
     teacher = None
     if method.needs_teacher and cfg.teacher_cache and cfg.kd_stream:
-        teacher = TeacherCache.from_bytes(store.read_bytes(cfg.teacher_cache))
-        kd_iter = _cycle(ray.train.get_dataset_shard("kd"), cfg.kd_batch_size, spec.pad_id, cfg.seed + 7, cfg.cache_rows)
+        teacher = fit.teacher(cfg.teacher_cache)
+        kd_iter = fit.shards.batches("kd", cfg.kd_batch_size, cfg.seed + 7)
 
     trainable = [p for p in inner.parameters() if p.requires_grad]
     for r in range(state["round"], len(cfg.tasks)):
@@ -210,8 +244,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             opt.load_state_dict(opt_state["opt"])
             sched.load_state_dict(opt_state["sched"])
         opt_state = None
-        it = _cycle(ray.train.get_dataset_shard(f"task_{r}"), cfg.batch_size, spec.pad_id, cfg.seed + 1000 * r + start_step,
-                    cfg.cache_rows)
+        it = fit.shards.batches(f"task_{r}", cfg.batch_size, cfg.seed + 1000 * r + start_step)
         model.train()
         t0, loss_ema, terms_ema = time.time(), None, {}
         log(f"round {r + 1}/{len(cfg.tasks)} '{task}' (attempt {attempt}): steps {start_step}..{cfg.steps_per_task}")
@@ -250,7 +283,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps_per_task:
                 state.update(round=r, step=step + 1, method_state=method.state_dict())
                 _report(model, {**state, "optimizer": {"opt": opt.state_dict(), "sched": sched.state_dict()}},
-                        {"round": r, "step": step + 1, "loss": loss_ema}, rank)
+                        {"method": cfg.method, "round": r, "step": step + 1, "loss": loss_ema}, rank)
         train_s = time.time() - t0
         method.after_task(inner, task)
         t1 = time.time()
@@ -260,7 +293,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         state["R"].append(accs)
         state["G"].append(gen)
         metrics = {"round": r, "task": task, "accuracy": accs, "generation_score": gen, "loss": loss_ema,
-                   "train_seconds": train_s, "eval_seconds": eval_s, **{f"{k}_loss": v for k, v in terms_ema.items()}}
+                   "train_seconds": train_s, "eval_seconds": eval_s, "base_eval_seconds": fit.take_base_eval_seconds(),
+                   **{f"{k}_loss": v for k, v in terms_ema.items()}}
         log(f"round {r + 1} '{task}' done in {train_s:.1f}s (+{eval_s:.1f}s eval): accuracy "
             + " ".join(f"{t}={a:.2f}" for t, a in zip(cfg.tasks, accs))
             + (f" | generation {gen:.3f}" if gen is not None else ""))
@@ -271,7 +305,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         state.update(round=r + 1, step=0, method_state=method.state_dict())
         g0 = state["G"][0]
         _report(model, dict(state), {
-            "round": r, "task": task,
+            "method": cfg.method, "round": r, "task": task,
             # mean accuracy over the tasks trained so far: at the last round, the final average accuracy
             "avg_accuracy": sum(accs[: r + 1]) / (r + 1),
             "generation_score": gen if gen is not None else float("nan"),
