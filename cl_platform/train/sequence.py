@@ -129,6 +129,9 @@ def fit_methods(cfgs: Sequence[SequenceConfig], store: Store, *, callbacks: Opti
             callbacks=callbacks,
         ),
         datasets=datasets,
+        # One worker needs no split: it reads each dataset itself instead of through a
+        # SplitCoordinator actor per dataset (a process start each: about 2.8 s of CPU here).
+        dataset_config=ray.train.DataConfig(datasets_to_split="all" if cfg.num_workers > 1 else []),
     )
     trainer.fit()
 
