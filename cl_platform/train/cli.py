@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--cpus-per-worker", type=float, default=1.0)
     r.add_argument("--gpus-per-worker", type=float, default=None, help="default: 1 when the cluster has GPUs, else 0")
     r.add_argument("--threads-per-worker", type=int, default=s.torch_threads,
-                   help="torch threads in each worker (default 0: one per CPU the worker reserves)")
+                   help="torch threads in each worker (default 0: one per whole CPU the worker reserves, at least one)")
     r.add_argument("--cache-rows", type=int, default=s.cache_rows,
                    help="keep a worker's shard of a task in memory after the first pass when it has at most "
                         f"this many rows (default {s.cache_rows}; 0 streams every pass)")

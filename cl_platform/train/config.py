@@ -43,8 +43,8 @@ class SequenceConfig:
         cache_rows: a worker whose shard of a task or of the KD stream has at most this many rows
             keeps it in memory after its first pass streamed from Ray Data, and reshuffles it
             there for every later pass (0: every pass is streamed).
-        torch_threads: torch intra-op threads per worker (0: as Ray sets them, one per CPU the
-            worker reserves).
+        torch_threads: torch intra-op threads per worker (0: one per whole CPU the worker
+            reserves, at least one).
     """
 
     run: str

@@ -142,8 +142,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     cfgs = fit_configs(config)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    if cfgs[0].torch_threads > 0:
-        torch.set_num_threads(cfgs[0].torch_threads)
+    # Ray sets no thread count for a fractional CPU reservation, and torch would then start one
+    # thread per core in every worker: workers sharing cores slow each other down several-fold.
+    torch.set_num_threads(cfgs[0].torch_threads if cfgs[0].torch_threads > 0 else max(1, int(cfgs[0].cpus_per_worker)))
     fit = _Fit(cfgs[0], rank, world, dict(config.get("rows") or {}))
     fit.shards.start([f"task_{r}" for r in range(len(cfgs[0].tasks))] + ["kd"])
 

@@ -61,7 +61,7 @@ def test_quick_sequence_two_workers_two_methods_with_the_store_on_s3(fresh_digit
     try:
         proc = subprocess.run(
             [sys.executable, str(JOB), "--store", s3_url, "--quick", "--tasks", ",".join(TASKS), "--suite", "digits",
-             "--methods", ",".join(methods), "--workers", "2", "--cpus-per-worker", "0.5", "--checkpoint-every", "4",
+             "--methods", ",".join(methods), "--workers", "2", "--cpus-per-worker", "0.5",
              "--run", run],
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     finally:
