@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from cl_platform.models.modality import ModalitySpec
-from cl_platform.train.kd import TeacherTargets
+from cl_platform.methods.kd import TeacherTargets
 
 
 @dataclass

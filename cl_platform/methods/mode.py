@@ -10,7 +10,7 @@ from cl_platform.methods.base import ContinualMethod, StepInputs
 from cl_platform.methods.registry import register_method
 from cl_platform.mode import ModeConfig
 from cl_platform.models.modality import ModalitySpec
-from cl_platform.train.kd import kd_loss
+from cl_platform.methods.kd import kd_loss
 
 
 def mode_config(method: ContinualMethod, spec: ModalitySpec, *, decoupled: bool) -> ModeConfig:

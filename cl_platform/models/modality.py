@@ -8,7 +8,7 @@ the pad id and the prompt/answer separator.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 
@@ -57,6 +57,8 @@ class ModalitySpec:
         sep_id: separator between prompt and answer (loss starts after it).
         image_token_ranges: ``[lo, hi)`` ranges routed to the visual adapter: image codes and both
             markers, as in the reference implementation. Derived when left empty.
+        eos_id: end-of-sequence id that ends an answer (``None``: answers are decoded to their
+            full length without an early stop).
     """
 
     spec_id: str
@@ -67,9 +69,12 @@ class ModalitySpec:
     pad_id: int
     sep_id: int
     image_token_ranges: tuple[tuple[int, int], ...] = field(default=())
+    eos_id: Optional[int] = None
 
     def __post_init__(self) -> None:
         lo, hi = self.image_code_range
+        if self.eos_id is not None and not 0 <= self.eos_id < self.vocab_size:
+            raise ValueError(f"ModalitySpec {self.spec_id}: eos_id {self.eos_id} outside vocab {self.vocab_size}")
         if not 0 <= lo < hi <= self.vocab_size:
             raise ValueError(f"ModalitySpec {self.spec_id}: image_code_range {self.image_code_range} outside vocab {self.vocab_size}")
         if not self.image_token_ranges:
@@ -100,6 +105,7 @@ class ModalitySpec:
             "pad_id": self.pad_id,
             "sep_id": self.sep_id,
             "image_token_ranges": [list(r) for r in self.image_token_ranges],
+            "eos_id": self.eos_id,
         }
 
     @classmethod
@@ -113,11 +119,12 @@ class ModalitySpec:
             pad_id=int(d["pad_id"]),
             sep_id=int(d["sep_id"]),
             image_token_ranges=tuple(tuple(r) for r in d.get("image_token_ranges", ())),
+            eos_id=None if d.get("eos_id") is None else int(d["eos_id"]),
         )
 
 
 #: Anole-7b / Chameleon token layout, as used by the MoDE reference code:
-#: PAD 1, image codes 4..8195, end-of-image 8196, begin-of-image 8197, separator 8710.
+#: BOS 0, PAD 1, EOS 2, image codes 4..8195, end-of-image 8196, begin-of-image 8197, separator 8710.
 ANOLE = ModalitySpec(
     spec_id="anole",
     vocab_size=65536,
@@ -126,4 +133,5 @@ ANOLE = ModalitySpec(
     eoi_id=8196,
     pad_id=1,
     sep_id=8710,
+    eos_id=2,
 )

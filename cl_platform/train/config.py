@@ -24,8 +24,8 @@ class SequenceConfig:
         spec: ``ModalitySpec.to_dict()`` of the model's vocabulary.
         kd_stream: name of the image-generation stream used for KD (methods that need a teacher).
         teacher_cache: store path of the teacher cache for (base, kd stream, K, T).
-        judge: store path of the generation judge (``None``: no generation score).
-        probe_per_digit: generated images per digit for the generation score.
+        probe: the generation probe (``ProbeSpec.to_dict()``, :mod:`cl_platform.eval.probe`;
+            ``None``: no generation score).
         steps_per_task: optimiser steps per round.
         batch_size: task rows per step per worker.
         kd_batch_size: KD stream rows per step per worker.
@@ -56,8 +56,7 @@ class SequenceConfig:
     method_config: dict = field(default_factory=dict)
     kd_stream: Optional[str] = None
     teacher_cache: Optional[str] = None
-    judge: Optional[str] = None
-    probe_per_digit: int = 10
+    probe: Optional[dict] = None
     steps_per_task: int = 100
     batch_size: int = 16
     kd_batch_size: int = 8

@@ -1,20 +1,24 @@
 """Evaluation after every round, sharded over the Ray Train workers.
 
-Each worker answers its share (``rows[rank::world]``) of every task's eval split and generates its
-share of the generation probe; counts are summed with ``torch.distributed.all_reduce`` so every
-worker ends with the same accuracies and score.
+Each worker answers its share (``rows[rank::world]``) of every task's eval split and computes its
+share of the generation probe (:mod:`cl_platform.eval.probe`); counts are summed with
+``torch.distributed.all_reduce`` so every worker ends with the same accuracies and score.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
+from cl_platform.data.task_format import read_task
 from cl_platform.eval.accuracy import answer_accuracy
+from cl_platform.eval.probe import GenerationProbe, build_probe
+from cl_platform.models.modality import ModalitySpec
+from cl_platform.store import Store
+from cl_platform.train.config import SequenceConfig
 
 
 @dataclass
@@ -24,20 +28,27 @@ class EvalSet:
     Attributes:
         tasks: task names (all tasks of the sequence, seen and not yet seen).
         rows: per task, ``(prompt_tokens, answer_tokens)`` rows.
-        eos_id, pad_id: special ids of the vocabulary.
-        judge: image judge (``None``: no generation score).
-        probe_digits: requested digits of the generation probe.
-        seed: sampling seed of the probe.
+        eos_id, pad_id: special ids of the vocabulary (``eos_id`` ``None``: no early stop).
+        probe: the generation probe (``None``: no generation score).
+        batch_size: prompts per generate call.
     """
 
     tasks: list[str]
     rows: dict[str, list[tuple[list[int], list[int]]]]
-    eos_id: int
+    eos_id: Optional[int]
     pad_id: int
-    judge: object = None
-    probe_digits: Optional[Sequence[int]] = None
-    seed: int = 0
+    probe: Optional[GenerationProbe] = None
     batch_size: int = 64
+
+
+def load_eval_set(cfg: SequenceConfig, store: Store, spec: ModalitySpec) -> EvalSet:
+    """Every task's eval split (validated on read) and the run's generation probe."""
+    rows = {}
+    for t in cfg.tasks:
+        table = read_task(store, t, vocab_size=spec.vocab_size).eval
+        rows[t] = list(zip(table.column("prompt_tokens").to_pylist(), table.column("answer_tokens").to_pylist()))
+    return EvalSet(tasks=list(cfg.tasks), rows=rows, eos_id=spec.eos_id, pad_id=spec.pad_id,
+                   probe=build_probe(cfg.probe, store, spec, cfg.seed), batch_size=cfg.eval_batch_size)
 
 
 def _all_reduce(values: list[float]) -> list[float]:
@@ -58,20 +69,11 @@ def evaluate(model: torch.nn.Module, es: EvalSet, rank: int = 0, world: int = 1)
         else:
             counts += [0.0, 0.0]
     gen = None
-    if es.judge is not None and es.probe_digits:
-        from cl_platform.eval.generation import generate_images
-
-        digits = list(es.probe_digits)[rank::world]
-        if digits:
-            images = generate_images(model, digits, seed=es.seed * 1000 + rank)
-            hits = float((np.asarray(es.judge.predict(images)) == np.asarray(digits)).sum())
-            counts += [hits, float(len(digits))]
-        else:
-            counts += [0.0, 0.0]
+    if es.probe is not None:
+        counts += list(es.probe.partial(model, rank, world))
     total = _all_reduce(counts)
     accs = [total[2 * i] / total[2 * i + 1] if total[2 * i + 1] else 0.0 for i in range(len(es.tasks))]
-    if es.judge is not None and es.probe_digits:
-        hits, n = total[-2], total[-1]
-        gen = hits / n if n else 0.0
+    if es.probe is not None:
+        gen = es.probe.score(total[-2], total[-1])
     model.train()
     return accs, gen

@@ -38,7 +38,7 @@ def ensure_teacher_cache(store: Store, model_uri: str, stream: str, spec: Modali
                          temperature: float, log: Callable[[str], None] = print) -> str:
     """Store path of the teacher cache for (base model, stream, K, T), computing it if absent."""
     from cl_platform.models.chameleon import load_model
-    from cl_platform.train.teacher_cache import cache_key, compute_teacher_cache
+    from cl_platform.methods.teacher_cache import cache_key, compute_teacher_cache
 
     manifest = store.read_json(f"streams/{stream}/manifest.json")
     stream_id = f"{stream}:" + hashlib.sha256(json.dumps(manifest.get("files", {}), sort_keys=True).encode()).hexdigest()

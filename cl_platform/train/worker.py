@@ -21,18 +21,17 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from cl_platform.data.task_format import read_task
 from cl_platform.methods import KDBatch, MethodConfig, StepInputs, get_method
 from cl_platform.models.modality import ModalitySpec
 from cl_platform.store import Store
 from cl_platform.train import checkpoint as ckpt
 from cl_platform.train.batches import answer_loss
 from cl_platform.train.config import SequenceConfig
-from cl_platform.train.evaluation import EvalSet, evaluate
-from cl_platform.train.kd import shifted_mask
+from cl_platform.train.evaluation import EvalSet, evaluate, load_eval_set
+from cl_platform.methods.kd import shifted_mask
 from cl_platform.train.ledger import Ledger
 from cl_platform.train.shards import ShardBatches
-from cl_platform.train.teacher_cache import TeacherCache
+from cl_platform.methods.teacher_cache import TeacherCache
 
 
 def _progress_logger(method: str):
@@ -65,23 +64,6 @@ def _fmt(seconds: float) -> str:
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
-def _load_eval_set(cfg: SequenceConfig, store: Store, spec: ModalitySpec) -> EvalSet:
-    rows = {}
-    for t in cfg.tasks:
-        table = read_task(store, t, vocab_size=spec.vocab_size).eval
-        rows[t] = list(zip(table.column("prompt_tokens").to_pylist(), table.column("answer_tokens").to_pylist()))
-    judge, digits = None, None
-    if cfg.judge:
-        from cl_platform.eval.generation import probe_digits
-        from cl_platform.eval.judge import DigitsJudge
-
-        judge = DigitsJudge.from_bytes(store.read_bytes(cfg.judge))
-        digits = probe_digits(cfg.probe_per_digit)
-    eos = 2 if spec.spec_id.startswith("digits") else None
-    return EvalSet(tasks=list(cfg.tasks), rows=rows, eos_id=eos, pad_id=spec.pad_id, judge=judge,
-                   probe_digits=digits, seed=cfg.seed, batch_size=cfg.eval_batch_size)
-
-
 def fit_configs(config: dict[str, Any]) -> list[SequenceConfig]:
     """The per-method configs of a fit's ``train_loop_config`` (``{"methods": [SequenceConfig dicts]}``)."""
     cfgs = [SequenceConfig.from_dict(d) for d in config["methods"]]
@@ -109,7 +91,7 @@ class _Fit:
 
     def evaluation_set(self) -> EvalSet:
         if self.eval_set is None:
-            self.eval_set = _load_eval_set(self.cfg, self.store, self.spec)
+            self.eval_set = load_eval_set(self.cfg, self.store, self.spec)
         return self.eval_set
 
     def base_scores(self, load_base: Callable[[], torch.nn.Module], log) -> tuple[list[float], Optional[float]]:

@@ -9,7 +9,7 @@ from cl_platform.methods import (
     ContinualMethod, KDBatch, MethodConfig, StepInputs, available_methods, get_method, register_method,
 )
 from cl_platform.models.modality import ModalitySpec
-from cl_platform.train.kd import kd_loss, teacher_targets_from_logits
+from cl_platform.methods.kd import kd_loss, teacher_targets_from_logits
 
 SPEC = ModalitySpec(spec_id="test", vocab_size=64, image_code_range=(30, 60), boi_id=60, eoi_id=61, pad_id=0, sep_id=3)
 

@@ -110,6 +110,7 @@ DIGITS_SPEC = ModalitySpec(
     eoi_id=EOI_ID,
     pad_id=PAD_ID,
     sep_id=SEP_ID,
+    eos_id=EOS_ID,
 )
 
 #: The pre-training understanding question and generation instruction.

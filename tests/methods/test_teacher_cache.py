@@ -11,15 +11,8 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from cl_platform.train import (
-    TeacherCache,
-    cache_key,
-    compute_teacher_cache,
-    kd_loss,
-    shifted_mask,
-    teacher_targets_from_logits,
-    tokens_digest,
-)
+from cl_platform.methods.kd import kd_loss, shifted_mask, teacher_targets_from_logits
+from cl_platform.methods.teacher_cache import TeacherCache, cache_key, compute_teacher_cache, tokens_digest
 
 VOCAB, PAD, K, T = 64, 0, 8, 2.0
 

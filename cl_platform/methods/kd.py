@@ -15,7 +15,7 @@ The teacher side is carried as :class:`TeacherTargets`: the top-K ids and the te
 log-probabilities at temperature 1 at those ids. Renormalising those log-probs at temperature T
 gives exactly ``softmax(z_t[I] / T)``, because ``log_softmax(z)[I] = z[I] - logsumexp(z)`` and
 the constant shift cancels inside the softmax. So the targets do not depend on T, and the
-teacher cache (:mod:`cl_platform.train.teacher_cache`) can store them once.
+teacher cache (:mod:`cl_platform.methods.teacher_cache`) can store them once.
 
 Alignment: in a causal language model the logits at position ``t`` predict token ``t + 1``. The
 targets and the mask are indexed by logit position, the same as ``logits[:, t]``; use

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from cl_platform.train import KDConfig, TeacherTargets, kd_loss, shifted_mask, teacher_targets_from_logits
+from cl_platform.methods.kd import KDConfig, TeacherTargets, kd_loss, shifted_mask, teacher_targets_from_logits
 
 
 def reference_kd(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor, k: int, t: float) -> torch.Tensor:

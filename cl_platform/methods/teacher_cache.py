@@ -4,16 +4,16 @@ The KD teacher is the frozen base model (adapters disabled) and the KD stream is
 top-K targets never change during a run, a sequence of rounds or a sweep (DESIGN.md sections 5
 and 6.2). :func:`compute_teacher_cache` runs the teacher over the stream once;
 :class:`TeacherCache` holds the result, serialises it with safetensors (bytes for the artifact
-store, files for local use) and hands out :class:`~cl_platform.train.kd.TeacherTargets` for a
+store, files for local use) and hands out :class:`~cl_platform.methods.kd.TeacherTargets` for a
 batch of stream rows, so the KD loss needs one forward pass (the student's) instead of two.
 
 Layout: rows are stored packed, one after the other, without padding: ``ids`` and ``logprobs``
 are ``[total_positions, K]`` and ``lengths[i]`` is the number of positions of row ``i``. Position
 ``t`` of a row holds the teacher's prediction for token ``t + 1`` (the logits at ``t``), so a row
 of n tokens has n positions, the last one predicting past the end (mask it with
-:func:`~cl_platform.train.kd.shifted_mask`).
+:func:`~cl_platform.methods.kd.shifted_mask`).
 
-Precision: ids are int32. Log-probs (temperature 1, the form :func:`~cl_platform.train.kd.kd_loss`
+Precision: ids are int32. Log-probs (temperature 1, the form :func:`~cl_platform.methods.kd.kd_loss`
 takes) are float16 by default, float32 on request. float16 rounding moves a log-prob ``a`` by at
 most ``eps = max(|a| * 2**-11, 2**-25)`` (finite values below -65504 become -inf, i.e.
 probability 0, which they are in float32 anyway; -inf is kept). If every stored log-prob of a
@@ -48,7 +48,7 @@ import safetensors.torch
 import torch
 from safetensors import safe_open
 
-from cl_platform.train.kd import TeacherTargets, _check_temperature, teacher_targets_from_logits
+from cl_platform.methods.kd import TeacherTargets, _check_temperature, teacher_targets_from_logits
 
 __all__ = [
     "CACHE_FORMAT",
@@ -189,7 +189,7 @@ class TeacherCache:
 
         Rows longer than ``length`` are truncated to their first ``length`` positions, which is
         exact for a causal teacher. Returned tensors are on the CPU in the stored dtypes (int32,
-        float16/float32); :func:`~cl_platform.train.kd.kd_loss` upcasts them.
+        float16/float32); :func:`~cl_platform.methods.kd.kd_loss` upcasts them.
         """
         rows = [int(r) for r in rows]
         for r in rows:
