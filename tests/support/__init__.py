@@ -1,0 +1,1 @@
+"""Helpers shared by the tests (``from tests.support import ...``); not collected as tests."""
