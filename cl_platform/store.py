@@ -2,7 +2,8 @@
 
 A :class:`Store` is a root URL plus paths relative to it. Two backends, one API:
 
-- ``file://<abs path>`` (or a plain local path); the default is ``file://<cwd>/.cl_store``.
+- ``file://<abs path>`` (or a plain local path); the default is ``$CL_STORE``, else
+  ``file://<cwd>/.cl_store`` (see "Where the store is" below).
 - ``s3://bucket/prefix`` through s3fs. Endpoint, credentials and region come from explicit
   options (``endpoint_url=``, ``key=``, ``secret=``, ``token=``, ``region=``) or else from the
   standard AWS environment variables (``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``,
@@ -28,6 +29,15 @@ Atomicity (what a concurrent reader can observe):
   exclusive but lets a reader see the object before its content is complete.
 - ``put_dir`` writes each file atomically but the directory as a whole is not atomic: write a
   marker (e.g. ``_READY``) after it when readers need the whole directory.
+
+Where the store is (``Store(None)`` / :func:`default_store_url`): the ``CL_STORE`` environment
+variable when set, else ``./.cl_store`` of the current directory. Inside a submitted Ray job
+(``ray job submit``; Ray gives the job's driver ``RAY_JOB_CONFIG_JSON_ENV_VAR``) the current
+directory is Ray's unpacked copy of the job's working dir, which Ray deletes with its temp dir: a
+local store there, the default or a path given explicitly, would lose everything written to it.
+Building such a store raises :class:`StoreLocationError` (a ``ValueError``) before anything is
+written, asking for ``--store`` or ``CL_STORE``; an absolute path outside that copy, or
+``s3://``, is fine.
 
 Listings are never cached (``use_listings_cache=False`` for s3fs): the scheduler polls the store
 for objects other processes write. Temp files of in-flight local writes are hidden from
@@ -56,6 +66,13 @@ import pyarrow.parquet as pq
 #: Directory name of the default store, under the current working directory.
 DEFAULT_STORE_DIRNAME = ".cl_store"
 
+#: Environment variable naming the store when no URL is given (``file://...`` or ``s3://...``).
+STORE_ENV = "CL_STORE"
+
+#: Set by Ray in the environment of a submitted job's driver: the job's config as JSON
+#: (``runtime_env``, and ``metadata`` with the ``job_submission_id``).
+RAY_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+
 #: Prefix of the hidden temp files that local atomic writes create next to their target.
 TMP_PREFIX = ".cl-tmp-"
 
@@ -81,9 +98,74 @@ class StoreInfo:
     is_dir: bool
 
 
+class StoreLocationError(ValueError):
+    """A local store inside a submitted Ray job's working-directory copy (lost with the job)."""
+
+
+@dataclass(frozen=True)
+class RayJobDriver:
+    """What Ray tells the driver of a submitted job about itself (see :func:`ray_job_driver`).
+
+    Attributes:
+        submission_id: the job's submission id (``""`` if Ray's config does not name it).
+        working_dir: True if the job has a ``working_dir`` (the driver's current directory is
+            Ray's unpacked copy of it); also True when Ray's config cannot be read.
+    """
+
+    submission_id: str
+    working_dir: bool
+
+
+def ray_job_driver() -> RayJobDriver | None:
+    """The submitted Ray job this process is the driver of (or a child of), None outside one."""
+    raw = os.environ.get(RAY_JOB_ENV)
+    if not raw:
+        return None
+    try:
+        config = json.loads(raw)
+        runtime_env = config.get("runtime_env") or {}
+        metadata = config.get("metadata") or {}
+        return RayJobDriver(str(metadata.get("job_submission_id") or ""), bool(runtime_env.get("working_dir")))
+    except (ValueError, AttributeError):
+        return RayJobDriver("", True)
+
+
 def default_store_url() -> str:
-    """``file://<cwd>/.cl_store``: where a store lives when no URL is given."""
-    return "file://" + os.path.join(os.getcwd(), DEFAULT_STORE_DIRNAME)
+    """Where a store lives when no URL is given: ``$CL_STORE``, else ``file://<cwd>/.cl_store``.
+
+    Never raises: building the store (``Store(None)``) is what refuses the ``./.cl_store``
+    default inside a submitted Ray job.
+    """
+    return os.environ.get(STORE_ENV) or "file://" + os.path.join(os.getcwd(), DEFAULT_STORE_DIRNAME)
+
+
+def check_store_location(root: str, *, given: bool) -> None:
+    """Refuse a local store root that a submitted Ray job would lose (module docstring).
+
+    ``root`` is the store's absolute local root; ``given`` says whether a URL was passed (or
+    ``CL_STORE`` set) rather than the ``./.cl_store`` default. Outside a Ray job: nothing.
+    """
+    job = ray_job_driver()
+    if job is None:
+        return
+    cwd = os.path.realpath(os.getcwd())
+    real = os.path.realpath(root)
+    inside = os.path.commonpath([real, cwd]) == cwd
+    if given and not (inside and job.working_dir):
+        return
+    name = f"Ray job {job.submission_id}" if job.submission_id else "a Ray job"
+    if inside and job.working_dir:
+        where = (f"inside the working directory of {name} ({cwd}): Ray's temporary copy of the "
+                 "submitted --working-dir, deleted with Ray's temp dir")
+    else:
+        where = f"the default store of {name}, in the job driver's current directory ({cwd})"
+    raise StoreLocationError(
+        f"{'' if given else 'no --store and no CL_STORE: '}store file://{real} is {where}. What the run "
+        "writes there would be lost, and the store you meant (with its base model and tasks) would not "
+        "be used. Pass --store with a location that outlives the job (an absolute path the cluster "
+        f"keeps, file:///abs/path/.cl_store, or s3://bucket/prefix), or set {STORE_ENV} for the job: "
+        f"ray job submit --runtime-env-json '{{\"env_vars\": {{\"{STORE_ENV}\": \"s3://bucket/prefix\"}}}}' ..."
+    )
 
 
 def check_path(path: str, *, allow_root: bool = False, what: str = "store path") -> str:
@@ -120,7 +202,9 @@ class Store:
 
     Args:
         url: ``file://...``, a plain local path, or ``s3://bucket[/prefix]``; ``None`` means
-            :func:`default_store_url`.
+            :func:`default_store_url` (``$CL_STORE``, else ``./.cl_store``). A local root inside
+            a submitted Ray job's working-directory copy raises :class:`StoreLocationError`
+            (and ``None`` without ``CL_STORE`` inside any Ray job).
         **storage_options: for S3 only: ``endpoint_url``, ``key``, ``secret``, ``token``,
             ``region``, plus anything else ``s3fs.S3FileSystem`` accepts.
 
@@ -129,6 +213,7 @@ class Store:
     """
 
     def __init__(self, url: str | None = None, **storage_options: Any) -> None:
+        given = url is not None or bool(os.environ.get(STORE_ENV))
         url = default_store_url() if url is None else str(url)
         if not url:
             raise ValueError("store URL is empty")
@@ -141,6 +226,7 @@ class Store:
                 raise ValueError(f"store URL {url!r} has no path")
             self.protocol = "file"
             self._root = os.path.abspath(os.path.expanduser(local)).replace(os.sep, "/").rstrip("/") or "/"
+            check_store_location(self._root, given=given)
             self._options: dict[str, Any] = {}
         elif scheme in ("s3", "s3a"):
             rest = url.split("://", 1)[1].strip("/")
@@ -594,10 +680,16 @@ def _local_create_exclusive(full: str, data: bytes) -> bool:
 
 __all__ = [
     "DEFAULT_STORE_DIRNAME",
+    "RAY_JOB_ENV",
+    "RayJobDriver",
+    "STORE_ENV",
     "Store",
     "StoreInfo",
+    "StoreLocationError",
     "as_store",
     "check_path",
+    "check_store_location",
     "default_store_url",
     "join",
+    "ray_job_driver",
 ]

@@ -251,6 +251,7 @@ def test_failing_writer_uploads_nothing_on_s3(s3_url: str) -> None:
 
 def test_local_store_defaults_and_plain_paths(tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CL_STORE", raising=False)  # the default when CL_STORE is not set
     assert default_store_url() == f"file://{tmp_path}/.cl_store"
     assert Store().url == f"file://{tmp_path}/.cl_store"
     plain = Store(str(tmp_path / "plain"))
