@@ -26,7 +26,6 @@ import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 
 from cl_platform.data.task_format import write_task  # noqa: E402
 from cl_platform.scheduler.events import parse_events  # noqa: E402

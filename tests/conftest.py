@@ -8,18 +8,17 @@ Fixtures:
     store_url: parametrised over both backends: ``file://<tmp_path>/store`` and ``s3_url``.
     store: a :class:`cl_platform.store.Store` at ``store_url``.
     local_infra: :class:`LocalInfra`, helpers of the tests that start a local Ray head or S3
-        server with ``infra/local/*-up.sh`` (free ports, process checks, clean-up).
+        server with ``infra/local/*-up.sh`` (free ports, process checks, clean-up); the modules
+        behind those scripts are imported as ``cl_platform.devstack.*``.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,7 +72,7 @@ def _free_port() -> int:
 
 
 class LocalInfra:
-    """What the tests of ``infra/local`` (ray-up.sh / s3-up.sh and their helpers) share."""
+    """What the tests that start ``infra/local/ray-up.sh`` / ``s3-up.sh`` share."""
 
     REPO = Path(__file__).resolve().parents[1]
     LOCAL = REPO / "infra" / "local"
@@ -97,14 +96,6 @@ class LocalInfra:
             return False
         except OSError:
             return True
-
-    def load(self, name: str):
-        """``infra/local/<name>.py`` as a module (registered as ``name``: dataclasses look it up there)."""
-        spec = importlib.util.spec_from_file_location(name, self.LOCAL / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules.setdefault(name, module)
-        spec.loader.exec_module(module)
-        return module
 
     @staticmethod
     def ray_env(local_dir: Path | str, **extra: str) -> dict[str, str]:

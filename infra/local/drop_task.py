@@ -20,7 +20,6 @@ import os
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, REPO)
 
 #: What a digits lineage reads besides its tasks, in the order it is copied (the suite's
 #: ``suite.json`` tells ``jobs/sequence.py`` the suite is present, so it goes last).

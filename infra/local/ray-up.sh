@@ -5,8 +5,8 @@
 # Stop it with infra/local/ray-down.sh (never `ray stop`: it kills every Ray on the machine).
 #
 # Overrides: RAY_LOCAL_DIR, RAY_DASHBOARD_PORT, RAY_HEAD_PORT, RAY_NUM_CPUS, RAY_NUM_GPUS, VENV,
-# RAY_UP_TIMEOUT_S (see infra/local/ray_local.py).
+# RAY_UP_TIMEOUT_S (see cl_platform/devstack/ray_head.py).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 . "$here/venv.sh"
-exec_up ray-up ray_local.py
+exec_up ray-up ray_head

@@ -19,4 +19,4 @@ ray-down:
 	VENV=$(VENV) $(RAY_LOCAL_MK_DIR)/ray-down.sh
 
 ray-status:
-	$(or $(wildcard $(VENV)/bin/python),python3) $(RAY_LOCAL_MK_DIR)/ray_local.py status
+	$(or $(wildcard $(VENV)/bin/python),python3) -m cl_platform.devstack.ray_head status

@@ -20,4 +20,4 @@ s3-down:
 	VENV=$(VENV) $(S3_LOCAL_MK_DIR)/s3-down.sh
 
 s3-status:
-	$(or $(wildcard $(VENV)/bin/python),python3) $(S3_LOCAL_MK_DIR)/s3_local.py status
+	$(or $(wildcard $(VENV)/bin/python),python3) -m cl_platform.devstack.s3_server status

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from cl_platform.devstack import ray_head
+
 REPO = Path(__file__).resolve().parents[2]
 LOCAL = REPO / "infra" / "local"
 VENV_BIN = REPO / ".venv" / "bin"
@@ -40,13 +42,12 @@ def test_ray_up_refuses_a_busy_dashboard_port(tmp_path, local_infra):
     assert not (tmp_path / "head.json").exists()
 
 
-def test_long_state_dirs_get_a_short_ray_temp_dir(local_infra):
-    helper = local_infra.load("ray_local")
-    assert helper.ray_temp_dir("/work/x/.ray_local") == "/work/x/.ray_local"
+def test_long_state_dirs_get_a_short_ray_temp_dir():
+    assert ray_head.ray_temp_dir("/work/x/.ray_local") == "/work/x/.ray_local"
     long_dir = "/home/someone/" + "a" * 60 + "/.ray_local"
-    short = helper.ray_temp_dir(long_dir)
-    assert short.startswith("/tmp/ray_local_") and short == helper.ray_temp_dir(long_dir)
-    assert len(short) <= helper.MAX_TEMP_DIR_CHARS
+    short = ray_head.ray_temp_dir(long_dir)
+    assert short.startswith("/tmp/ray_local_") and short == ray_head.ray_temp_dir(long_dir)
+    assert len(short) <= ray_head.MAX_TEMP_DIR_CHARS
 
 
 def test_ray_mk_defines_the_targets():

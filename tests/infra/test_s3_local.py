@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pytest
 
+from cl_platform.devstack import s3_server
+
 REPO = Path(__file__).resolve().parents[2]
 LOCAL = REPO / "infra" / "local"
 VENV_BIN = REPO / ".venv" / "bin"
@@ -63,19 +65,18 @@ def test_s3_down_without_a_server_is_a_no_op(tmp_path, local_infra):
     assert "nothing to stop" in out.stdout
 
 
-def test_env_file_round_trips_and_bad_settings_are_named(tmp_path, local_infra, monkeypatch):
-    helper = local_infra.load("s3_local")
-    state = helper.S3State(pid=1, port=4566, endpoint_url="http://127.0.0.1:4566", bucket="b-1", store_url="s3://b-1/cl",
+def test_env_file_round_trips_and_bad_settings_are_named(tmp_path, monkeypatch):
+    state = s3_server.S3State(pid=1, port=4566, endpoint_url="http://127.0.0.1:4566", bucket="b-1", store_url="s3://b-1/cl",
                            command=[], env_file=str(tmp_path / "env"), log="", started_at="")
-    helper.write_env_file(state)
-    env = helper.read_env_file(str(tmp_path / "env"))
+    s3_server.write_env_file(state)
+    env = s3_server.read_env_file(str(tmp_path / "env"))
     assert env["AWS_ENDPOINT_URL"] == env["AWS_ENDPOINT_URL_S3"] == "http://127.0.0.1:4566"
     assert env["CL_STORE"] == "s3://b-1/cl" and env["AWS_EC2_METADATA_DISABLED"] == "true"
     assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"} <= set(env)
     assert "127.0.0.1" in env["NO_PROXY"].split(",")
     monkeypatch.setenv("S3_LOCAL_BUCKET", "Bad_Bucket")
-    with pytest.raises(helper.Fail, match="S3_LOCAL_BUCKET"):
-        helper.bucket_and_prefix()
+    with pytest.raises(s3_server.Fail, match="S3_LOCAL_BUCKET"):
+        s3_server.bucket_and_prefix()
 
 
 @needs_moto
@@ -114,9 +115,8 @@ def test_s3_up_store_s3_down(tmp_path, local_infra):
         assert out.returncode == 0, out.stderr
         assert out.stdout.split() == ["s3://cl-test-bucket/p/q", "1"]
         # ... and the object really is in that bucket at that endpoint.
-        helper = local_infra.load("s3_local")
-        seen = Store("s3://cl-test-bucket/p/q", **{"endpoint_url": state["endpoint_url"], "key": helper.ACCESS_KEY,
-                                                   "secret": helper.SECRET_KEY, "region": helper.REGION})
+        seen = Store("s3://cl-test-bucket/p/q", **{"endpoint_url": state["endpoint_url"], "key": s3_server.ACCESS_KEY,
+                                                   "secret": s3_server.SECRET_KEY, "region": s3_server.REGION})
         assert seen.walk("") == ["hello/x.json"]
         print(f"s3-up took {up_s:.1f} s")
     finally:
@@ -157,7 +157,6 @@ def test_walkthrough_task_dropped_into_the_bucket_is_learned(tmp_path, local_inf
         pytest.skip("no Ray CLI in .venv")
     from cl_platform.scheduler.events import parse_events
 
-    helper = local_infra.load("s3_local")
     s3_dir = tmp_path / "s3"
     ray_dir = Path(tempfile.mkdtemp(prefix="rl-", dir="/tmp"))  # short: Ray's socket paths live under it
     tag = f"walkthrough-{os.getpid()}-{time.time_ns()}"
@@ -172,7 +171,7 @@ def test_walkthrough_task_dropped_into_the_bucket_is_learned(tmp_path, local_inf
         t0 = time.monotonic()
         up = _run([str(LOCAL / "s3-up.sh")], base)
         assert up.returncode == 0, up.stderr
-        env = {**base, **helper.read_env_file(str(s3_dir / "env"))}  # what `. .s3_local/env` does
+        env = {**base, **s3_server.read_env_file(str(s3_dir / "env"))}  # what `. .s3_local/env` does
         store_url = env["CL_STORE"]
         ray_up = _run([str(LOCAL / "ray-up.sh")], env, timeout=240)
         assert ray_up.returncode == 0, f"ray-up failed:\n{ray_up.stdout}\n{ray_up.stderr}"

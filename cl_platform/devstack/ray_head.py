@@ -1,7 +1,7 @@
 """Start, stop and describe one local Ray head for ``ray job submit`` (``make ray-up`` / ``ray-down``).
 
-Usage: ``python infra/local/ray_local.py up|down|status`` (the ``ray-up.sh`` / ``ray-down.sh``
-wrappers pick the project's venv). Standard library only: no Ray import, fast to start.
+Usage: ``python -m cl_platform.devstack.ray_head up|down|status`` (the ``infra/local/ray-up.sh`` /
+``ray-down.sh`` wrappers pick the project's venv). Standard library only: no Ray import, fast to start.
 
 ``up`` starts ``ray start --head`` with the dashboard on 127.0.0.1, the project's ``.venv/bin``
 first on PATH (so a job's ``python`` is the venv's), ``RAY_USAGE_STATS_ENABLED=0`` and
@@ -37,9 +37,9 @@ import time
 import urllib.error
 from dataclasses import dataclass
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # local_proc, next to this file
-import local_proc  # noqa: E402
-from local_proc import REPO, Fail, float_env, kernel_port, venv_dir  # noqa: E402,F401
+from cl_platform.devstack import procs
+from cl_platform.devstack.procs import Fail, float_env, kernel_port, venv_dir
+
 STATE_FILE = "head.json"
 DEFAULT_DASHBOARD_PORT = 8265
 DEFAULT_HEAD_PORT = 6380
@@ -84,7 +84,7 @@ class HeadState:
 
 
 def local_dir() -> str:
-    return local_proc.local_dir_from("RAY_LOCAL_DIR", ".ray_local")
+    return procs.local_dir_from("RAY_LOCAL_DIR", ".ray_local")
 
 
 def _int_env(name: str, default: int | None) -> int | None:
@@ -102,7 +102,7 @@ def _int_env(name: str, default: int | None) -> int | None:
 
 def port_free(port: int) -> bool:
     """True if nothing listens on ``port`` (checked on 127.0.0.1 and on all interfaces)."""
-    return local_proc.port_free(port, ("127.0.0.1", "0.0.0.0"))
+    return procs.port_free(port, ("127.0.0.1", "0.0.0.0"))
 
 
 def free_port(exclude: set[int] = frozenset()) -> int:
@@ -216,14 +216,14 @@ def state_path() -> str:
 
 
 def read_state() -> HeadState | None:
-    return local_proc.read_state(state_path(), HeadState, "head")
+    return procs.read_state(state_path(), HeadState, "head")
 
 
 def write_state(state: HeadState) -> None:
-    local_proc.write_state(state_path(), state)
+    procs.write_state(state_path(), state)
 
 
-_HTTP = local_proc.HTTP
+_HTTP = procs.HTTP
 
 
 def dashboard_info(url: str, timeout: float = 2.0) -> dict | None:
@@ -336,7 +336,7 @@ def up() -> int:
         # A new session: the head's processes share one process group that ray-down can signal
         # without touching any other Ray on the machine.
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, cwd=REPO)
+                                start_new_session=True, cwd=procs.repo_dir())
     pgid = proc.pid
     timeout = float_env("RAY_UP_TIMEOUT_S", 120.0)
     deadline = time.monotonic() + timeout
@@ -344,7 +344,7 @@ def up() -> int:
     def abort(reason: str) -> Fail:
         pids = head_processes(pgid)
         _signal(pids, signal.SIGKILL)
-        return Fail(f"{reason}\n--- last lines of {log_path} ---\n{local_proc.log_tail(log_path, 25)}")
+        return Fail(f"{reason}\n--- last lines of {log_path} ---\n{procs.log_tail(log_path, 25)}")
 
     try:
         rc = proc.wait(timeout=timeout)
@@ -387,7 +387,7 @@ def up() -> int:
         agent_port=agent_port,
         python=python,
         venv=venv,
-        started_at=local_proc.now_iso(),
+        started_at=procs.now_iso(),
         log=log_path,
     )
     write_state(state)
@@ -452,7 +452,7 @@ def status() -> int:
 
 
 def main(argv: list[str]) -> int:
-    return local_proc.run_command(argv, {"up": up, "down": down, "status": status}, "ray")
+    return procs.run_command(argv, {"up": up, "down": down, "status": status}, "ray", "cl_platform.devstack.ray_head")
 
 
 if __name__ == "__main__":

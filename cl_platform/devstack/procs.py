@@ -1,7 +1,6 @@
-"""Helpers shared by ``ray_local.py`` and ``s3_local.py``: settings, ports, state files, HTTP.
+"""Helpers shared by :mod:`.ray_head` and :mod:`.s3_server`: settings, ports, state and env files, HTTP.
 
-Standard library only. Both scripts run as ``python infra/local/<x>.py`` and import this module
-from their own directory.
+Standard library only (``ray-down.sh`` / ``s3-down.sh`` may run without the venv).
 """
 
 from __future__ import annotations
@@ -9,13 +8,15 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import shlex
 import socket
 import sys
 import urllib.request
 from dataclasses import asdict
 from typing import TypeVar
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+#: Environment variable naming the checkout the dev stack serves (``infra/local/venv.sh`` sets it).
+REPO_ENV = "CL_REPO_DIR"
 
 # Talk to 127.0.0.1 directly, whatever http_proxy / https_proxy say.
 HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -27,14 +28,23 @@ class Fail(Exception):
     """A user-facing error: printed without a traceback, exit status 1."""
 
 
+def repo_dir() -> str:
+    """The project checkout: ``$CL_REPO_DIR``, else the directory above the package when it is a
+    source checkout (an editable install), else the current directory."""
+    if os.environ.get(REPO_ENV):
+        return os.path.abspath(os.environ[REPO_ENV])
+    above = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return above if os.path.exists(os.path.join(above, "pyproject.toml")) else os.getcwd()
+
+
 def local_dir_from(env_var: str, default_name: str) -> str:
     """``$env_var`` or ``<repo>/<default_name>``, absolute."""
-    return os.path.abspath(os.environ.get(env_var) or os.path.join(REPO, default_name))
+    return os.path.abspath(os.environ.get(env_var) or os.path.join(repo_dir(), default_name))
 
 
 def venv_dir() -> str:
     v = os.environ.get("VENV") or ".venv"
-    return v if os.path.isabs(v) else os.path.join(REPO, v)
+    return v if os.path.isabs(v) else os.path.join(repo_dir(), v)
 
 
 def float_env(name: str, default: float) -> float:
@@ -99,10 +109,38 @@ def write_state(path: str, state) -> None:
     write_atomic(path, json.dumps(asdict(state), indent=2) + "\n")
 
 
-def run_command(argv: list[str], commands: dict, prefix: str) -> int:
-    """``main`` of a script: run ``commands[argv[1]]``; a :class:`Fail` prints ``<prefix>-<cmd>: error: ...``."""
+def write_env_file(path: str, comments: list[str], values: dict[str, str]) -> None:
+    """An env file: ``# comment`` lines, then ``export K=V`` lines (shell-quoted), for ``. <path>``."""
+    lines = [f"# {c}" for c in comments] + [f"export {k}={shlex.quote(v)}" for k, v in values.items()]
+    write_atomic(path, "\n".join(lines) + "\n")
+
+
+def read_env_file(path: str) -> dict[str, str]:
+    """Parse an env file written by :func:`write_env_file` (``export K=V`` lines, shell-quoted)."""
+    out: dict[str, str] = {}
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            words = shlex.split(line)
+            if len(words) != 2 or words[0] != "export" or "=" not in words[1]:
+                raise ValueError(f"{path}: not an `export K=V` line: {line!r}")
+            key, _, value = words[1].partition("=")
+            out[key] = value
+    return out
+
+
+def shown_path(path: str) -> str:
+    """``path`` relative to the current directory when it is below it, else absolute."""
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
+
+
+def run_command(argv: list[str], commands: dict, prefix: str, module: str) -> int:
+    """``main`` of a module: run ``commands[argv[1]]``; a :class:`Fail` prints ``<prefix>-<cmd>: error: ...``."""
     if len(argv) != 2 or argv[1] not in commands:
-        print(f"usage: {argv[0]} {'|'.join(commands)}", file=sys.stderr)
+        print(f"usage: python -m {module} {'|'.join(commands)}", file=sys.stderr)
         return 2
     try:
         return commands[argv[1]]()

@@ -1,7 +1,7 @@
 """Start, stop and describe one local S3 endpoint (moto's server) for the platform (``make s3-up`` / ``s3-down``).
 
-Usage: ``python infra/local/s3_local.py up|down|status|env`` (the ``s3-up.sh`` / ``s3-down.sh``
-wrappers pick the project's venv). Standard library only, like ``ray_local.py``: the server is
+Usage: ``python -m cl_platform.devstack.s3_server up|down|status|env`` (the ``infra/local/s3-up.sh``
+/ ``s3-down.sh`` wrappers pick the project's venv). Standard library only, like :mod:`.ray_head`: the server is
 moto's own ``moto_server`` executable from the venv, and the bucket is created with one plain
 HTTP ``PUT`` (moto does not check signatures), so this file imports neither moto nor boto3.
 
@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 import signal
 import subprocess
 import sys
@@ -47,9 +46,9 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # local_proc, next to this file
-import local_proc  # noqa: E402
-from local_proc import REPO, Fail, float_env, kernel_port, venv_dir  # noqa: E402,F401
+from cl_platform.devstack import procs
+from cl_platform.devstack.procs import Fail, float_env, kernel_port, read_env_file, venv_dir  # noqa: F401
+
 STATE_FILE = "s3.json"
 ENV_FILE = "env"
 DEFAULT_PORT = 4566
@@ -90,7 +89,7 @@ class S3State:
 
 
 def local_dir() -> str:
-    return local_proc.local_dir_from("S3_LOCAL_DIR", ".s3_local")
+    return procs.local_dir_from("S3_LOCAL_DIR", ".s3_local")
 
 
 def bucket_and_prefix() -> tuple[str, str]:
@@ -105,7 +104,7 @@ def bucket_and_prefix() -> tuple[str, str]:
 
 def port_free(port: int) -> bool:
     """True if nothing listens on 127.0.0.1:``port``."""
-    return local_proc.port_free(port)
+    return procs.port_free(port)
 
 
 def choose_port() -> int:
@@ -141,7 +140,7 @@ def server_command(port: int) -> list[str]:
 
 # ---------------------------------------------------------------------------- HTTP
 
-_HTTP = local_proc.HTTP
+_HTTP = procs.HTTP
 
 
 def answers(endpoint: str, timeout: float = 2.0) -> bool:
@@ -196,7 +195,7 @@ def env_path() -> str:
 
 
 def read_state() -> S3State | None:
-    return local_proc.read_state(state_path(), S3State, "server")
+    return procs.read_state(state_path(), S3State, "server")
 
 
 def env_vars(state: S3State) -> dict[str, str]:
@@ -218,28 +217,10 @@ def env_vars(state: S3State) -> dict[str, str]:
 
 
 def write_env_file(state: S3State) -> None:
-    lines = [
-        "# Written by `make s3-up` (infra/local/s3_local.py): the local moto S3 endpoint.",
-        "# Use it with:  . .s3_local/env   (then --store \"$CL_STORE\"). Removed by `make s3-down`.",
-    ]
-    lines += [f"export {k}={shlex.quote(v)}" for k, v in env_vars(state).items()]
-    local_proc.write_atomic(state.env_file, "\n".join(lines) + "\n")
-
-
-def read_env_file(path: str) -> dict[str, str]:
-    """Parse an env file written by :func:`write_env_file` (``export K=V`` lines, shell-quoted)."""
-    out: dict[str, str] = {}
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            words = shlex.split(line)
-            if len(words) != 2 or words[0] != "export" or "=" not in words[1]:
-                raise ValueError(f"{path}: not an `export K=V` line: {line!r}")
-            key, _, value = words[1].partition("=")
-            out[key] = value
-    return out
+    procs.write_env_file(state.env_file, [
+        "Written by `make s3-up` (python -m cl_platform.devstack.s3_server): the local moto S3 endpoint.",
+        "Use it with:  . .s3_local/env   (then --store \"$CL_STORE\"). Removed by `make s3-down`.",
+    ], env_vars(state))
 
 
 def print_where(state: S3State, *, header: str) -> None:
@@ -247,9 +228,7 @@ def print_where(state: S3State, *, header: str) -> None:
     print(f"  endpoint:  {state.endpoint_url}  (pid {state.pid})")
     print(f"  store:     {state.store_url}")
     print(f"  env file:  {state.env_file}")
-    rel = os.path.relpath(state.env_file)
-    shown = state.env_file if rel.startswith("..") else rel
-    print(f"  use it:    . {shown}   (then --store \"$CL_STORE\")")
+    print(f"  use it:    . {procs.shown_path(state.env_file)}   (then --store \"$CL_STORE\")")
     print("  stop it:   make s3-down   (moto keeps the bucket in memory: its contents go with it)")
 
 
@@ -288,7 +267,7 @@ def up() -> int:
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
-        return Fail(f"{reason}\n--- last lines of {log_path} ---\n{local_proc.log_tail(log_path, 20)}")
+        return Fail(f"{reason}\n--- last lines of {log_path} ---\n{procs.log_tail(log_path, 20)}")
 
     timeout = float_env("S3_UP_TIMEOUT_S", 30.0)
     deadline = time.monotonic() + timeout
@@ -312,9 +291,9 @@ def up() -> int:
         command=cmd,
         env_file=env_path(),
         log=log_path,
-        started_at=local_proc.now_iso(),
+        started_at=procs.now_iso(),
     )
-    local_proc.write_state(state_path(), state)
+    procs.write_state(state_path(), state)
     write_env_file(state)
     print_where(state, header=f"local S3 is up (bucket {bucket}).")
     return 0
@@ -361,7 +340,7 @@ def status() -> int:
 
 
 def env() -> int:
-    """Print the env file's path (for ``. $(python infra/local/s3_local.py env)``)."""
+    """Print the env file's path (for ``. $(python -m cl_platform.devstack.s3_server env)``)."""
     state = read_state()
     if state is None or not os.path.exists(state.env_file):
         raise Fail(f"no local S3 server recorded in {local_dir()} (start one with make s3-up)")
@@ -370,7 +349,8 @@ def env() -> int:
 
 
 def main(argv: list[str]) -> int:
-    return local_proc.run_command(argv, {"up": up, "down": down, "status": status, "env": env}, "s3")
+    return procs.run_command(argv, {"up": up, "down": down, "status": status, "env": env}, "s3",
+                             "cl_platform.devstack.s3_server")
 
 
 if __name__ == "__main__":
