@@ -1,4 +1,5 @@
-"""MoDE-official jsonl importer: good and bad lines, read back through the validating reader."""
+"""MoDE-official jsonl importer: both task layouts, both stream forms, the probe split, good and bad
+lines read back through the validating reader, and the reusable user store of tests.support."""
 
 from __future__ import annotations
 
@@ -10,13 +11,14 @@ import sys
 import pyarrow as pa
 import pytest
 
-from cl_platform.data import list_ready_tasks, read_stream, read_task
+from cl_platform.data import list_ready_streams, list_ready_tasks, read_stream, read_task
 from cl_platform.models.modality import ANOLE
 from cl_platform.store import Store
 from cl_platform.suites.mode_official import (
     LineSkipped,
     eval_score,
     import_mode_official,
+    import_stream_file,
     import_task_file,
     main,
     name_from_path,
@@ -58,6 +60,7 @@ STREAM_LINES: list[tuple[str, str | None]] = [
     (json.dumps({"image_tokens": [BOI, 10, 11, EOI]}), None),  # already wrapped: kept as is
     ("{oops", "bad_json"),
     (json.dumps({"image_tokens": [4, EOI, 5]}), "id_out_of_range"),
+    (json.dumps({"image_tokens": [BOI, 4, 5]}), "bad_image_span"),  # begin-of-image never closed
     (json.dumps({"image_tokens": [9000, 4]}), "id_out_of_range"),
     (json.dumps({"image_tokens": []}), "empty"),
     (json.dumps({"image_tokens": list(range(4, 4 + MAX_LEN))}), "too_long"),
@@ -96,7 +99,8 @@ def mode_dir(tmp_path):
 
 def test_import_reads_back_through_the_validating_reader(store: Store, mode_dir) -> None:
     tasks_dir, stream_file = mode_dir
-    report = import_mode_official(store, tasks_dir=tasks_dir, stream_file=stream_file, max_len=MAX_LEN, rows_per_file=16)
+    report = import_mode_official(store, tasks_dir=tasks_dir, stream_file=stream_file, max_len=MAX_LEN, rows_per_file=16,
+                                  probe_fraction=0)
 
     # --- the main task
     sq = report.source("science_qa")
@@ -153,8 +157,11 @@ def test_import_reads_back_through_the_validating_reader(store: Store, mode_dir)
         [BOI, 10, 11, EOI],
         [BOI, *range(100, 100 + MAX_LEN - 2), EOI],
     ]
-    assert stream.data.column_names == ["tokens"]
-    assert stream.manifest["meta"]["layout"].startswith("prompt-free")
+    assert stream.data.column_names == ["tokens", "prompt_len"]
+    assert stream.data.column("prompt_len").to_pylist() == [0, 0, 0]
+    assert stream.manifest["meta"]["role"] == "kd" and stream.manifest["meta"]["probe_stream"] is None
+    assert st.probe_name is None and set(st.rows) == {"data"}
+    assert list_ready_streams(store) == ["gen_images"]  # probe_fraction=0: no probe stream
 
 
 def test_eval_split_is_deterministic_and_order_independent(tmp_path) -> None:
@@ -209,7 +216,8 @@ def test_line_parsers_directly() -> None:
     with pytest.raises(LineSkipped) as err:
         parse_task_line(b'{"tokens": [5, 6]}')
     assert err.value.reason == "no_separator" and isinstance(err.value, ValueError)
-    assert parse_stream_line(b'{"image_tokens": [0, 1]}', image_code_offset=4).tolist() == [BOI, 4, 5, EOI]
+    tokens, prompt_len = parse_stream_line(b'{"image_tokens": [0, 1]}', image_code_offset=4)
+    assert tokens.tolist() == [BOI, 4, 5, EOI] and prompt_len == 0
 
 
 def test_cli(tmp_path, mode_dir, capsys) -> None:
@@ -221,10 +229,16 @@ def test_cli(tmp_path, mode_dir, capsys) -> None:
     assert {s["name"]: s["error"] is None for s in out["sources"]} == {
         "only_one": False, "science_qa": True, "tiny": True, "gen_images": True
     }
+    gen = next(s for s in out["sources"] if s["name"] == "gen_images")
+    assert gen["probe_name"] == "gen_images-probe" and gen["rows"]["data"] + gen["rows"]["probe"] == 3
     with pytest.raises(SystemExit):
         main(["--store", url])
     with pytest.raises(SystemExit):
         main(["--tasks", str(tasks_dir), "--eval-fraction", "1.5"])
+    with pytest.raises(SystemExit):
+        main(["--tasks", str(tasks_dir), "--probe-fraction", "-0.1"])
+    with pytest.raises(SystemExit):  # --data-root finds the tasks and the stream itself
+        main(["--data-root", str(tasks_dir), "--tasks", str(tasks_dir)])
 
 
 def test_module_entry_point(tmp_path, mode_dir) -> None:
@@ -237,6 +251,7 @@ def test_module_entry_point(tmp_path, mode_dir) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "task 'science_qa'" in proc.stdout and "stream 'gen_images'" in proc.stdout
+    assert "probe rows in stream 'gen_images-probe'" in proc.stdout
     assert "bad_json 2 (lines 2, 16)" in proc.stdout
     assert list_ready_tasks(Store(str(tmp_path / "m"))) == ["science_qa", "tiny"]
 
@@ -251,3 +266,199 @@ def test_both_splits_non_empty_at_extreme_fractions(tmp_path, fraction: float) -
     assert task.train.num_rows >= 1 and task.eval.num_rows >= 1
     assert task.train.num_rows + task.eval.num_rows == 5
     assert (task.eval.num_rows == 1) if fraction == 0.0 else (task.train.num_rows == 1)
+
+
+# ------------------------------------------------------------------------------ reference layout
+
+TEXT = 9000  # text ids of Anole lie above the image codes (4..8195) and the markers
+PROMPT = [0, TEXT + 1, TEXT + 2, TEXT + 3]  # bos + text ids
+
+
+def t2i_line(i: int, n_codes: int = 4) -> list[int]:
+    """A whole text-to-image sequence as laion_data.jsonl holds it: [bos, prompt..., boi, codes..., eoi]."""
+    return [0, TEXT + i % 50, TEXT + i // 50, BOI, *(4 + (i * 7 + k) % 8192 for k in range(n_codes)), EOI]
+
+
+def two_task_lines(a: int) -> list[tuple[str, str | None]]:
+    return [(json.dumps({"tokens": [0, a, SEP, a + 1, 2]}), None), (json.dumps({"tokens": [0, a + 2, SEP, a + 3, 2]}), None)]
+
+
+def test_task_folders_and_task_files_coexist(tmp_path, caplog) -> None:
+    d = tmp_path / "tasks"
+    for folder in ["ScienceQA", "Text.VQA", "GQA"]:
+        (d / folder).mkdir(parents=True)
+        write_jsonl(d / folder / "train_data.jsonl", two_task_lines(TEXT))
+    (d / "empty_folder").mkdir()
+    (d / "empty_folder" / "other.jsonl").write_text("")
+    write_jsonl(d / "VizWiz.jsonl", two_task_lines(TEXT + 100))
+    write_jsonl(d / "gqa.jsonl", two_task_lines(TEXT + 200))  # clashes with the GQA folder
+    write_jsonl(d / "laion_data.jsonl", [(json.dumps({"image_tokens": t2i_line(0)}), None)])  # a stream, not a task
+    store = Store(str(tmp_path / "s"))
+    with caplog.at_level("WARNING"):
+        report = import_mode_official(store, tasks_dir=d)
+
+    assert [(s.name, os.path.relpath(s.source, d), s.ok) for s in report.sources] == [
+        ("gqa", "GQA/train_data.jsonl", True),
+        ("scienceqa", "ScienceQA/train_data.jsonl", True),
+        ("text_vqa", "Text.VQA/train_data.jsonl", True),
+        ("vizwiz", "VizWiz.jsonl", True),
+        ("gqa", "gqa.jsonl", False),
+    ]
+    assert "already taken by" in report.sources[-1].error and "GQA/train_data.jsonl" in report.sources[-1].error
+    assert list_ready_tasks(store) == ["gqa", "scienceqa", "text_vqa", "vizwiz"]
+    assert read_task(store, "scienceqa").manifest["meta"]["source"] == "ScienceQA/train_data.jsonl"
+    assert read_task(store, "vizwiz").manifest["meta"]["source"] == "VizWiz.jsonl"
+    assert len(report.warnings) == 2
+    assert any("empty_folder" in w and "without train_data.jsonl" in w for w in report.warnings)
+    assert any("laion_data.jsonl" in w and "not a task" in w for w in report.warnings)
+    assert "empty_folder" in caplog.text and "warning:" in report.summary()
+    assert name_from_path(os.path.join("x", "ScienceQA", "train_data.jsonl")) == "scienceqa"
+    assert name_from_path("train_data.jsonl") == "train_data"  # no folder to name it after
+
+
+@pytest.mark.parametrize("via", ["api", "cli"])
+def test_data_root_imports_tasks_and_the_laion_stream(tmp_path, via: str) -> None:
+    root = tmp_path / "data"
+    for folder, a in [("ScienceQA", TEXT), ("TextVQA", TEXT + 100)]:
+        (root / folder).mkdir(parents=True)
+        write_jsonl(root / folder / "train_data.jsonl", [(json.dumps({"tokens": [0, a + i, SEP, a + 50, 2]}), None) for i in range(30)])
+    write_jsonl(root / "laion_data.jsonl", [(json.dumps({"image_tokens": t2i_line(i)}), None) for i in range(30)])
+    url = f"file://{tmp_path}/store"
+    if via == "api":
+        report = import_mode_official(url, data_root=root).to_dict()
+    else:
+        assert main(["--data-root", str(root), "--store", url, "--json"]) == 0
+    store = Store(url)
+    assert list_ready_tasks(store) == ["scienceqa", "textvqa"]
+    assert list_ready_streams(store) == ["laion_data", "laion_data-probe"]
+    kd, probe = read_stream(store, "laion_data"), read_stream(store, "laion_data-probe")
+    assert kd.data.num_rows + probe.data.num_rows == 30 and probe.data.num_rows >= 1
+    assert set(kd.data.column("prompt_len").to_pylist()) == {3}
+    assert kd.manifest["meta"]["source"] == "laion_data.jsonl" and probe.manifest["meta"]["role"] == "probe"
+    if via == "api":
+        assert report["ok"] and report["warnings"] == []
+        with pytest.raises(ValueError, match="not both"):
+            import_mode_official(url, data_root=root, tasks_dir=root)
+        with pytest.raises(NotADirectoryError, match="data root"):
+            import_mode_official(url, data_root=tmp_path / "missing")
+        # Without laion_data.jsonl: the tasks only, and a warning.
+        (root / "laion_data.jsonl").unlink()
+        again = import_mode_official(Store(str(tmp_path / "s2")), data_root=root)
+        assert [s.name for s in again.sources] == ["scienceqa", "textvqa"] and again.ok
+        assert again.warnings and "no laion_data.jsonl" in again.warnings[0]
+
+
+# ------------------------------------------------------------------------------ stream forms
+
+FULL_STREAM_LINES: list[tuple[str, str | None]] = [
+    (json.dumps({"image_tokens": t2i_line(1)}), None),  # whole sequence: prompt_len 3
+    (json.dumps({"image_tokens": [BOI, 10, 11, EOI]}), None),  # already wrapped: prompt-free
+    (json.dumps({"image_tokens": [4, 5, 6]}), None),  # bare codes: wrapped, prompt-free
+    (json.dumps({"image_tokens": [0, BOI, 12, EOI]}), None),  # a bos-only prompt: prompt_len 1
+    (json.dumps({"image_tokens": [*PROMPT, BOI, 10, 11]}), "bad_image_span"),  # no end-of-image
+    (json.dumps({"image_tokens": [*PROMPT, BOI, 10, EOI, TEXT]}), "bad_image_span"),  # text after the image
+    (json.dumps({"image_tokens": [*PROMPT, BOI, 10, TEXT, 11, EOI]}), "id_out_of_range"),  # text inside the image
+    (json.dumps({"image_tokens": [*PROMPT, BOI, 10, BOI, 11, EOI]}), "id_out_of_range"),  # a second begin-of-image
+    (json.dumps({"image_tokens": [0, 70000, BOI, 10, EOI]}), "id_out_of_range"),  # prompt id outside the vocabulary
+    (json.dumps({"image_tokens": [*PROMPT, BOI, EOI]}), "empty"),  # no codes
+    (json.dumps({"image_tokens": [*PROMPT, 10, 11, EOI]}), "id_out_of_range"),  # no begin-of-image: bare, but text ids
+    (json.dumps({"image_tokens": [*PROMPT, BOI, *range(10, 10 + MAX_LEN), EOI]}), "too_long"),
+]
+
+
+def test_stream_forms_bare_codes_and_whole_sequences(tmp_path) -> None:
+    write_jsonl(tmp_path / "gen.jsonl", FULL_STREAM_LINES)
+    store = Store(str(tmp_path / "s"))
+    report = import_stream_file(store, tmp_path / "gen.jsonl", max_len=MAX_LEN, probe_fraction=0)
+    assert report.ok, report.error
+    assert {r: report.skipped_lines(r) for r in expected_skips(FULL_STREAM_LINES)} == expected_skips(FULL_STREAM_LINES)
+    data = read_stream(store, "gen", vocab_size=65536, image_token_ranges=ANOLE.image_token_ranges).data
+    assert data.column("tokens").to_pylist() == [t2i_line(1), [BOI, 10, 11, EOI], [BOI, 4, 5, 6, EOI], [0, BOI, 12, EOI]]
+    assert data.column("prompt_len").to_pylist() == [3, 0, 0, 1]
+    for tokens, plen in zip(data.column("tokens").to_pylist(), data.column("prompt_len").to_pylist()):
+        assert tokens[plen] == BOI and BOI not in tokens[:plen]
+    # The offset applies to the image codes only, never to the prompt.
+    tokens, plen = parse_stream_line(json.dumps({"image_tokens": [*PROMPT, BOI, 0, 8191, EOI]}).encode(), image_code_offset=4)
+    assert tokens.tolist() == [*PROMPT, BOI, 4, 8195, EOI] and plen == len(PROMPT)
+    with pytest.raises(LineSkipped) as err:
+        parse_stream_line(json.dumps({"image_tokens": [*PROMPT, BOI, 5, 6]}).encode())
+    assert err.value.reason == "bad_image_span" and "not closed" in err.value.detail
+
+
+# ------------------------------------------------------------------------------ probe split
+
+
+def _rows(stream) -> list[tuple[int, ...]]:
+    return [tuple(t) for t in stream.data.column("tokens").to_pylist()]
+
+
+def test_probe_split_is_disjoint_deterministic_and_non_empty(tmp_path) -> None:
+    lines = [(json.dumps({"image_tokens": t2i_line(i)}), None) for i in range(200)]
+    lines += lines[:10]  # exact duplicates land on the same side
+    write_jsonl(tmp_path / "gen.jsonl", lines)
+    write_jsonl(tmp_path / "rev.jsonl", list(reversed(lines)))
+    s1, s2 = Store(str(tmp_path / "s1")), Store(str(tmp_path / "s2"))
+    r1 = import_stream_file(s1, tmp_path / "gen.jsonl", probe_fraction=0.1)
+    assert r1.ok and r1.probe_name == "gen-probe" and r1.probe_uri == s1.uri("streams/gen-probe")
+    assert import_stream_file(s2, tmp_path / "gen.jsonl", probe_fraction=0.1).ok
+    assert import_stream_file(s2, tmp_path / "rev.jsonl", probe_fraction=0.1).ok
+    kd, probe = read_stream(s1, "gen"), read_stream(s1, "gen-probe")
+    kd_rows, probe_rows = _rows(kd), _rows(probe)
+    # Disjoint, complete, and exactly the rows whose content hash is under the fraction.
+    assert not set(kd_rows) & set(probe_rows)
+    assert sorted(kd_rows + probe_rows) == sorted(tuple(json.loads(t)["image_tokens"]) for t, _ in lines)
+    assert set(probe_rows) == {r for r in set(kd_rows) | set(probe_rows) if eval_score(pa.array(r).to_numpy()) < 0.1}
+    assert 5 <= len(set(probe_rows)) <= 40 and r1.rows == {"data": len(kd_rows), "probe": len(probe_rows)}
+    # Deterministic: the same rows in the same order on a second import, the same sets from reordered lines.
+    assert read_stream(s2, "gen").data.equals(kd.data) and read_stream(s2, "gen-probe").data.equals(probe.data)
+    assert set(_rows(read_stream(s2, "rev-probe"))) == set(probe_rows)
+    assert kd.manifest["meta"]["probe_stream"] == "gen-probe" and probe.manifest["meta"]["kd_stream"] == "gen"
+    # Both non-empty whatever the hash says: one row moves across at either extreme.
+    for fraction, side in [(1e-12, "probe"), (0.999999, "data")]:
+        r = import_stream_file(s1, tmp_path / "gen.jsonl", name="x", probe_fraction=fraction, overwrite=True)
+        assert r.ok and r.rows[side] == 1 and sum(r.rows.values()) == len(lines)
+    # A probe split needs 2 valid lines; without one a single line is enough.
+    write_jsonl(tmp_path / "one.jsonl", lines[:1])
+    bad = import_stream_file(s1, tmp_path / "one.jsonl")
+    assert not bad.ok and "at least 2 valid lines" in bad.error
+    assert not s1.exists("streams/one") and not s1.exists("streams/one-probe")
+    assert import_stream_file(s1, tmp_path / "one.jsonl", probe_fraction=0).ok
+    # An existing probe stream blocks the import (nothing written) unless overwrite is given.
+    s3 = Store(str(tmp_path / "s3"))
+    assert import_stream_file(s3, tmp_path / "gen.jsonl", name="gen-probe", probe_fraction=0).ok
+    clash = import_stream_file(s3, tmp_path / "gen.jsonl")
+    assert not clash.ok and "already exists" in clash.error and list_ready_streams(s3) == ["gen-probe"]
+    with pytest.raises(ValueError, match="probe_fraction"):
+        import_stream_file(s3, tmp_path / "gen.jsonl", probe_fraction=1.0)
+    too_long = import_stream_file(s3, tmp_path / "gen.jsonl", name="g" * 64)
+    assert not too_long.ok and "invalid name" in too_long.error
+
+
+# ------------------------------------------------------------------------------ the reusable user store
+
+
+def test_build_user_store(tmp_path) -> None:
+    from tests.support.user_store import build_user_store
+
+    built = build_user_store(tmp_path)
+    store = Store(built["store"])
+    assert built["store"] == f"file://{tmp_path}/store" and built["data_root"] == str(tmp_path / "data")
+    assert sorted(os.listdir(built["data_root"])) == ["ScienceQA", "TextVQA", "laion_data.jsonl"]
+    assert built["tasks"] == ["scienceqa", "textvqa"] == list_ready_tasks(store)
+    for name in built["tasks"]:
+        task = read_task(store, name, vocab_size=65536)
+        assert task.train.num_rows >= 50 and task.eval.num_rows >= 1
+    kd = read_stream(store, built["kd_stream"], vocab_size=65536, image_token_ranges=ANOLE.image_token_ranges)
+    probe = read_stream(store, built["probe_stream"], vocab_size=65536, image_token_ranges=ANOLE.image_token_ranges)
+    assert built["probe_stream"] == built["kd_stream"] + "-probe"
+    for stream in (kd, probe):
+        assert stream.data.num_rows >= 1 and "prompt_len" in stream.data.column_names
+        for tokens, plen in zip(stream.data.column("tokens").to_pylist(), stream.data.column("prompt_len").to_pylist()):
+            assert plen > 0 and tokens[0] == 0 and tokens[plen] == BOI and tokens[-1] == EOI
+            assert all(t > BOI for t in tokens[1:plen])  # text prompt ids, not image tokens
+    assert not set(_rows(kd)) & set(_rows(probe))
+    config = store.read_json(f"{built['model']}/config.json")
+    assert config["vocab_size"] == 65536 and "modality_spec" not in config
+    assert (config["bos_token_id"], config["pad_token_id"], config["eos_token_id"]) == (0, 1, 2)
+    assert config["vocabulary_map"]["<racm3:break>"] == BOI and config["vocabulary_map"]["<eoss>"] == EOI
+    assert store.exists(f"{built['model']}/model.safetensors")
