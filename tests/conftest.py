@@ -107,11 +107,11 @@ class LocalInfra:
     def ray_down(self, env: dict[str, str], local_dir: Path, state: dict | None):
         """Test clean-up: ``ray-down.sh``, SIGKILL whatever of the head survived it, remove its dirs.
 
-        Returns ``(ray-down's CompletedProcess, pids still running after it, head.json left behind)``.
+        Returns ``(ray-down's CompletedProcess, pids still running after it, head.json or env left behind)``.
         """
         down = subprocess.run([str(self.LOCAL / "ray-down.sh")], env=env, capture_output=True, text=True, timeout=120)
         leftover = [p for p in (state or {}).get("pids", []) if self.running(p)]
-        record_left = (local_dir / "head.json").exists()
+        record_left = (local_dir / "head.json").exists() or (local_dir / "env").exists()
         if leftover and (state or {}).get("pgid"):  # never leave a head behind, even if the test failed
             try:
                 os.killpg(state["pgid"], signal.SIGKILL)

@@ -109,6 +109,13 @@ def write_state(path: str, state) -> None:
     write_atomic(path, json.dumps(asdict(state), indent=2) + "\n")
 
 
+def remove_files(*paths: str) -> None:
+    """Remove those of ``paths`` that exist (the records of a server that is gone)."""
+    for path in paths:
+        if os.path.exists(path):
+            os.unlink(path)
+
+
 def write_env_file(path: str, comments: list[str], values: dict[str, str]) -> None:
     """An env file: ``# comment`` lines, then ``export K=V`` lines (shell-quoted), for ``. <path>``."""
     lines = [f"# {c}" for c in comments] + [f"export {k}={shlex.quote(v)}" for k, v in values.items()]

@@ -1,13 +1,20 @@
 """Start, stop and describe one local Ray head for ``ray job submit`` (``make ray-up`` / ``ray-down``).
 
 Usage: ``python -m cl_platform.devstack.ray_head up|down|status`` (the ``infra/local/ray-up.sh`` /
-``ray-down.sh`` wrappers pick the project's venv). Standard library only: no Ray import, fast to start.
+``ray-down.sh`` wrappers pick the project's venv). Standard library only (and ``cl_platform.store``
+to resolve the store URL): no Ray import, fast to start.
 
 ``up`` starts ``ray start --head`` with the dashboard on 127.0.0.1, the project's ``.venv/bin``
 first on PATH (so a job's ``python`` is the venv's), ``RAY_USAGE_STATS_ENABLED=0`` and
 ``RAY_AUTH_MODE=disabled``, in a new process session, and records the head in
 ``<local dir>/head.json`` (process group, pids, session, addresses). It returns once the
 dashboard's job API answers. Running it again while the head is up only prints the addresses.
+
+``up`` also writes ``<local dir>/env`` (``. .ray_local/env``) with ``CL_STORE``, the store jobs on
+this head use: ``$CL_STORE`` when set for ``up``, else ``file://<repo>/.cl_store``, the store
+``make demo`` fills. A submitted job runs in Ray's copy of its ``--working-dir`` and refuses a
+local store there (``cl_platform.store``), so the printed ``ray job submit`` passes ``--store``.
+``CL_STORE`` itself is kept out of the head's environment: a job uses the store it names.
 
 ``down`` stops only that head: the recorded process group plus every descendant of its members
 (job drivers run in sessions of their own), SIGTERM first, SIGKILL after a grace period. It never
@@ -23,6 +30,7 @@ Environment overrides (defaults in brackets):
 - ``VENV`` [``<repo>/.venv``]: the virtual environment put first on PATH.
 - ``RAY_UP_TIMEOUT_S`` [120]: how long ``up`` waits for the dashboard.
 - ``RAY_DOWN_GRACE_S`` [8]: how long ``down`` waits after SIGTERM before SIGKILL.
+- ``CL_STORE`` [``file://<repo>/.cl_store``]: the store written to the env file.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -41,6 +50,7 @@ from cl_platform.devstack import procs
 from cl_platform.devstack.procs import Fail, float_env, kernel_port, venv_dir
 
 STATE_FILE = "head.json"
+ENV_FILE = "env"
 DEFAULT_DASHBOARD_PORT = 8265
 DEFAULT_HEAD_PORT = 6380
 # Ray's session dir names are ~40-45 characters and the longest socket path below one is
@@ -61,6 +71,7 @@ class HeadState:
         head_port, dashboard_port, client_port, agent_port: ports it listens on.
         python: the ``python`` jobs get; venv: the venv on PATH; started_at: ISO time (UTC).
         log: output of ``ray start``.
+        store_url: the ``CL_STORE`` of the env file; env_file: its path.
     """
 
     pgid: int
@@ -78,6 +89,8 @@ class HeadState:
     venv: str
     started_at: str
     log: str = ""
+    store_url: str = ""
+    env_file: str = ""
 
 
 # ---------------------------------------------------------------------------- settings
@@ -215,6 +228,37 @@ def state_path() -> str:
     return os.path.join(local_dir(), STATE_FILE)
 
 
+def env_path() -> str:
+    return os.path.join(local_dir(), ENV_FILE)
+
+
+def store_url() -> str:
+    """The store jobs on the head use: ``$CL_STORE``, else the checkout's ``.cl_store``, as a full URL."""
+    from cl_platform.store import DEFAULT_STORE_DIRNAME, STORE_ENV, Store
+
+    raw = os.environ.get(STORE_ENV) or os.path.join(procs.repo_dir(), DEFAULT_STORE_DIRNAME)
+    try:
+        return Store(raw).url
+    except ValueError as exc:
+        raise Fail(f"{STORE_ENV}={raw!r}: {exc}") from None
+
+
+def submit_command(state: HeadState, store: str) -> str:
+    """The ``ray job submit`` of a quick digits sequence on this head, writing into ``store``."""
+    return (f"RAY_ADDRESS={state.dashboard_url} ray job submit --working-dir . -- "
+            f"python jobs/sequence.py --store {store} --suite digits --quick")
+
+
+def write_env_file(state: HeadState) -> None:
+    procs.write_env_file(state.env_file, [
+        "Written by `make ray-up` (python -m cl_platform.devstack.ray_head): the local Ray head. "
+        "Removed by `make ray-down`.",
+        "CL_STORE: the store jobs on this head write to and read the base model from (`make demo`'s).",
+        "Use it with:  . .ray_local/env   then",
+        "  " + submit_command(state, '"$CL_STORE"'),
+    ], {"CL_STORE": state.store_url})
+
+
 def read_state() -> HeadState | None:
     return procs.read_state(state_path(), HeadState, "head")
 
@@ -247,8 +291,9 @@ def jobs_api_ready(url: str, timeout: float = 2.0) -> bool:
 def print_addresses(state: HeadState, *, header: str) -> None:
     print(header)
     print(f"  dashboard:    {state.dashboard_url}")
-    print(f"  submit jobs:  export RAY_ADDRESS={state.dashboard_url}")
-    print("                ray job submit --working-dir . -- python jobs/sequence.py --quick")
+    print(f"  store:        CL_STORE={state.store_url}   (also in {procs.shown_path(state.env_file)})")
+    print("                a job names its store: a local one inside the job's working-dir copy is refused")
+    print(f"  submit jobs:  {submit_command(state, shlex.quote(state.store_url))}")
     print(f"  drivers:      ray.init(address=\"{state.gcs_address}\")  (GCS address)")
     print(f"  jobs' python: {state.python}")
     print(f"  session:      {state.session_dir}")
@@ -264,6 +309,10 @@ def up() -> int:
     if state is not None:
         alive = live_head(state)
         if alive and dashboard_info(state.dashboard_url):
+            if not state.env_file or not os.path.exists(state.env_file):
+                state.store_url, state.env_file = state.store_url or store_url(), env_path()
+                write_state(state)
+                write_env_file(state)
             print_addresses(state, header=f"Ray head already running (pids {', '.join(map(str, alive))}).")
             return 0
         if alive:
@@ -272,8 +321,9 @@ def up() -> int:
                 f"{state.dashboard_url} does not answer; run ray-down.sh first"
             )
         print(f"ray-up: removing the stale record of a head that is gone ({state_path()})")
-        os.unlink(state_path())
+        procs.remove_files(state_path(), state.env_file or env_path())
 
+    store = store_url()
     venv = venv_dir()
     ray_bin = os.path.join(venv, "bin", "ray")
     python = os.path.join(venv, "bin", "python")
@@ -307,8 +357,8 @@ def up() -> int:
     env["RAY_USAGE_STATS_ENABLED"] = "0"
     env["RAY_AUTH_MODE"] = "disabled"
     env.setdefault("AWS_EC2_METADATA_DISABLED", "true")
-    for name in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "PYTHONHOME"):
-        env.pop(name, None)  # a client-side address must not leak into the head (and its jobs)
+    for name in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "PYTHONHOME", "CL_STORE"):
+        env.pop(name, None)  # a client-side address must not leak into the head (and its jobs); jobs name their store
 
     cmd = [
         ray_bin, "start", "--head",
@@ -389,8 +439,11 @@ def up() -> int:
         venv=venv,
         started_at=procs.now_iso(),
         log=log_path,
+        store_url=store,
+        env_file=env_path(),
     )
     write_state(state)
+    write_env_file(state)
     print_addresses(state, header=f"Ray head is up (Ray {info.get('ray_version', '?')}, {len(state.pids)} processes).")
     return 0
 
@@ -404,7 +457,7 @@ def down() -> int:
     targets = live_head(state)  # identity checked once; then the group is followed as it shrinks
     if not targets:
         print(f"ray-down: the head recorded in {state_path()} is already gone")
-        os.unlink(state_path())
+        procs.remove_files(state_path(), state.env_file or env_path())
         return 0
     print(f"ray-down: stopping the local Ray head (pgid {state.pgid}, {len(targets)} processes)")
     # The order `ray stop` uses: the raylet first (its agents and workers follow it), then the
@@ -433,7 +486,7 @@ def down() -> int:
             alive = head_processes(state.pgid)
     if alive:
         raise Fail(f"processes {alive} of the head did not exit; the record stays in {state_path()}")
-    os.unlink(state_path())
+    procs.remove_files(state_path(), state.env_file or env_path())
     print(f"ray-down: stopped; logs stay in {state.session_dir}")
     return 0
 

@@ -246,9 +246,7 @@ def up() -> int:
         if is_our_server(state):
             raise Fail(f"the server recorded in {state_path()} (pid {state.pid}) does not answer; run s3-down.sh first")
         print(f"s3-up: removing the stale record of a server that is gone ({state_path()})")
-        for path in (state_path(), env_path()):
-            if os.path.exists(path):
-                os.unlink(path)
+        procs.remove_files(state_path(), env_path())
 
     bucket, prefix = bucket_and_prefix()
     port = choose_port()
@@ -320,9 +318,7 @@ def down() -> int:
                 time.sleep(0.1)
         if is_our_server(state):
             raise Fail(f"moto_server (pid {state.pid}) did not exit; the record stays in {state_path()}")
-    for path in (state_path(), state.env_file):
-        if os.path.exists(path):
-            os.unlink(path)
+    procs.remove_files(state_path(), state.env_file)
     print("s3-down: stopped")
     return 0
 
