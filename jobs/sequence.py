@@ -1,15 +1,12 @@
-"""Continual-learning sequence on Ray Train: ``python jobs/sequence.py --help``.
+"""Continual-learning sequence on Ray Train: ``python jobs/sequence.py --help`` (also ``cl-sequence``).
 
 Runs on an embedded local Ray, or on a cluster under ``ray job submit --working-dir . -- python
 jobs/sequence.py ...``.
 """
 
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from cl_platform.train.cli import main  # noqa: E402
+from cl_platform.cli.sequence import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,4 +1,4 @@
-"""Command line of ``jobs/scheduler.py`` / ``python -m cl_platform.scheduler``.
+"""Command line of ``jobs/scheduler.py`` / ``cl-scheduler`` / ``python -m cl_platform.cli.scheduler``.
 
     run    --store URL --lineage NAME [--ray-address ADDR] [--poll-seconds S] [--once] [settings ...]
     status --store URL --lineage NAME [--json]
@@ -23,6 +23,7 @@ from typing import Any, Optional, Sequence
 from cl_platform.scheduler.config import LineageConfigError, ensure_settings, validate_lineage_name
 from cl_platform.scheduler.lease import DEFAULT_TTL, Lease, new_holder_id
 from cl_platform.store import Store, default_store_url
+from cl_platform.suites import available_suites
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -32,7 +33,6 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="jobs/scheduler.py",
         description="Start a continual-learning round whenever a new task lands in the store, once per task, "
                     "on top of the lineage's latest model; quarantine bad tasks; report status.",
     )
@@ -50,10 +50,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--log-dir", default=None, help="local folder for round logs and pid files "
                      "(default ~/.cache/cl_platform/scheduler/<store hash>/<lineage>)")
     run.add_argument("--job-script", default=None, help=argparse.SUPPRESS)  # tests and benchmarks: a stand-in job
+    run.add_argument("--working-dir", default=None,
+                     help="with --ray-address: upload this folder as every job's working dir (e.g. '.', a checkout whose "
+                          "files hook commands read); default none: rounds run the package installed on the cluster")
     s = run.add_argument_group("lineage settings (stored in lineages/<name>/lineage.json on first use)")
     s.add_argument("--method", default=None, help="continual-learning method (default mode)")
-    s.add_argument("--suite", choices=["digits"], default=None, help="built-in base model and spec (default digits)")
-    s.add_argument("--model", default=None, help="store path of the base model (instead of --suite)")
+    s.add_argument("--suite", choices=available_suites(), default=None,
+                   help="where each round's model and probe come from (default: 'tasks' with --model, else the built-in benchmark)")
+    s.add_argument("--model", default=None, help="store path of the base model (a save_pretrained directory)")
+    s.add_argument("--spec", default=None, help="modality spec: 'anole' or a ModalitySpec JSON file (default: the model's config)")
+    s.add_argument("--kd-stream", default=None, help="KD stream of every round (default: the suite's)")
+    s.add_argument("--probe-stream", default=None, help="held-out stream of the generation probe (default: the suite's)")
     s.add_argument("--quick", action="store_true", default=None, help="pass --quick to every round")
     s.add_argument("--steps", type=int, default=None, help="optimiser steps per round")
     s.add_argument("--job-args", default=None, help="further jobs/sequence.py arguments, e.g. '--kd-weight 0.5 --workers 2'")
@@ -75,8 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
 def settings_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The lineage settings the command line sets explicitly."""
     out: dict[str, Any] = {}
-    for key in ("method", "steps", "min_rows", "max_attempts", "retry_base_seconds", "retry_max_seconds",
-                "hook_every", "hook_command"):
+    for key in ("method", "steps", "spec", "kd_stream", "probe_stream", "min_rows", "max_attempts",
+                "retry_base_seconds", "retry_max_seconds", "hook_every", "hook_command"):
         v = getattr(args, key)
         if v is not None:
             out[key] = v
@@ -108,7 +115,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     lineage = validate_lineage_name(args.lineage)
     settings = ensure_settings(store, lineage, settings_overrides(args), reconfigure=args.reconfigure)
     if args.ray_address:
-        runner = RayJobRunner(args.ray_address, job_script=args.job_script)
+        runner = RayJobRunner(args.ray_address, job_script=args.job_script, working_dir=args.working_dir)
     else:
         runner = EmbeddedRunner(args.log_dir or default_log_dir(store, lineage), job_script=args.job_script)
     holder = new_holder_id()
@@ -147,3 +154,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 __all__ = ["build_parser", "default_log_dir", "main", "settings_overrides"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

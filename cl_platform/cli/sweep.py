@@ -1,4 +1,4 @@
-"""Command line of ``sweeps/sweep.py``: a sweep file -> :func:`cl_platform.sweeps.runner.run_sweep`."""
+"""Command line of ``sweeps/sweep.py`` / ``cl-sweep``: a sweep file -> :func:`cl_platform.sweeps.runner.run_sweep`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from typing import Optional, Sequence
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="sweeps/sweep.py",
         description="Sweep a continual-learning method's hyperparameters (KD weight, experts, LoRA ranks, lr) "
         "across task orders with Ray Tune + Optuna; writes a trials table, the best configuration(s) / Pareto set, "
         "a Pareto-front plot and a summary to <store>/sweeps/<name>/.",
@@ -55,3 +54,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 130 if outcome.interrupted else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

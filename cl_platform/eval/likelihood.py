@@ -12,10 +12,10 @@ restricted to the ``V`` image-token ids and renormalised (the same restriction i
 samples under), giving ``log q(x_j | x_<j)``. Over all scored positions of the probe:
 
     CE = - mean_j log q(x_j | x_<j)          (nats per image token)
-    generation_score = 1 - CE / ln(V)
+    generation_score = max(0, 1 - CE / ln(V))
 
 1 is a model certain of every image token, 0 one no better than a uniform guess among the image
-ids, below 0 one worse than that. Reported after every round like the judge's score (shown
+ids (or worse: the score is clipped at 0, so it stays a fraction like the judge's). Reported after every round like the judge's score (shown
 x100 in tables); the base model's value is round 0 and ``generation_drop`` = base - current.
 """
 
@@ -47,7 +47,7 @@ def scored_positions(tokens: Sequence[int], prompt_len: int, spec: ModalitySpec)
 
 
 class ImageLikelihoodProbe(GenerationProbe):
-    """``generation_score = 1 - CE / ln(V)`` over the image tokens of held-out rows.
+    """``generation_score = max(0, 1 - CE / ln(V))`` over the image tokens of held-out rows.
 
     Args:
         rows: ``(tokens, prompt_len)`` rows.
@@ -100,7 +100,7 @@ class ImageLikelihoodProbe(GenerationProbe):
     def score(self, numerator: float, denominator: float) -> float:
         if not denominator:
             return 0.0
-        return 1.0 - (numerator / denominator) / self.log_v
+        return max(0.0, 1.0 - (numerator / denominator) / self.log_v)
 
 
 def image_likelihood_probe(*, store: Store, spec: ModalitySpec, seed: int, stream: str,
@@ -127,7 +127,7 @@ def image_likelihood_spec(stream: str, max_rows: Optional[int] = None) -> ProbeS
     """The :class:`ProbeSpec` of the default probe over ``streams/<stream>``."""
     params = {"stream": stream} if max_rows is None else {"stream": stream, "max_rows": max_rows}
     return ProbeSpec(factory=FACTORY, params=params,
-                     description=f"image-token likelihood of stream '{stream}' (1 - CE / ln V, teacher-forced)")
+                     description=f"image-token likelihood of stream '{stream}' (max(0, 1 - CE / ln V), teacher-forced)")
 
 
 __all__ = ["FACTORY", "ImageLikelihoodProbe", "image_ids", "image_likelihood_probe", "image_likelihood_spec",

@@ -122,19 +122,44 @@ def image_generation_allowed(model: torch.nn.Module) -> bool:
 
 
 def modality_spec_of(model_or_config: Any) -> ModalitySpec:
-    """The :class:`ModalitySpec` stored in a model's config (``config.modality_spec``).
+    """The :class:`ModalitySpec` of a model, a ``transformers`` config or a ``config.json`` dict.
 
-    Models from :func:`cl_platform.models.tiny.build_tiny_model` carry one; for an upstream
-    checkpoint use :data:`cl_platform.models.modality.ANOLE` (or your own spec).
+    The config's ``modality_spec`` when it has one (models built by
+    :func:`cl_platform.models.tiny.build_tiny_model` carry it); otherwise an upstream
+    Chameleon/Anole config is recognised from its vocabulary: when its size, its ``IMGIMG*``
+    image codes, ``<racm3:break>`` (begin-of-image), ``<eoss>`` (end-of-image) and its pad id are
+    those of :data:`~cl_platform.models.modality.ANOLE`, that spec is returned. Anything else
+    raises ``ValueError`` saying what differs (pass the spec explicitly then).
     """
+    from cl_platform.models.modality import ANOLE
+
     config = getattr(model_or_config, "config", model_or_config)
-    d = getattr(config, "modality_spec", None)
-    if not d:
-        raise ValueError(
-            f"{type(model_or_config).__name__}: config has no 'modality_spec'; pass the spec explicitly "
-            "(e.g. cl_platform.models.modality.ANOLE for upstream Chameleon/Anole)"
-        )
-    return ModalitySpec.from_dict(dict(d))
+    get = config.get if isinstance(config, dict) else (lambda key, default=None: getattr(config, key, default))
+    d = get("modality_spec")
+    if d:
+        return ModalitySpec.from_dict(dict(d))
+    what = type(model_or_config).__name__
+    vmap = get("vocabulary_map") or {}
+    if get("model_type") != "chameleon" or not vmap:
+        raise ValueError(f"{what}: config has no 'modality_spec' and is not a Chameleon config with a vocabulary_map; "
+                         "pass the spec explicitly (e.g. --spec anole or --spec FILE.json)")
+    codes = sorted(int(v) for k, v in vmap.items() if k.startswith(UPSTREAM_IMAGE_PREFIX))
+    found = {
+        "vocab_size": get("vocab_size"),
+        "image_code_range": (codes[0], codes[-1] + 1) if codes else None,
+        "boi_id": vmap.get("<racm3:break>"),
+        "eoi_id": vmap.get("<eoss>"),
+        "pad_id": get("pad_token_id"),
+    }
+    want = {"vocab_size": ANOLE.vocab_size, "image_code_range": ANOLE.image_code_range, "boi_id": ANOLE.boi_id,
+            "eoi_id": ANOLE.eoi_id, "pad_id": ANOLE.pad_id}
+    diff = {k: found[k] for k in want if found[k] != want[k]}
+    if codes and len(codes) != codes[-1] + 1 - codes[0]:
+        diff["image codes"] = "not contiguous"
+    if diff:
+        raise ValueError(f"{what}: config has no 'modality_spec' and its vocabulary is not the Anole/Chameleon layout "
+                         f"(differs at {diff}); pass the spec explicitly (--spec FILE.json)")
+    return ANOLE
 
 
 def fetch_model_dir(path_or_uri: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:

@@ -12,7 +12,7 @@ import fnmatch
 import json
 import re
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 from cl_platform.data.task_format import NAME_PATTERN
 from cl_platform.store import Store
@@ -21,7 +21,7 @@ _NAME_RE = re.compile(NAME_PATTERN)
 
 #: ``jobs/sequence.py`` flags the scheduler sets itself; ``job_args`` may not contain them.
 RESERVED_JOB_FLAGS = ("--store", "--tasks", "--order", "--run", "--from-run", "--resume", "--method", "--methods",
-                      "--suite", "--model", "--quick", "--steps")
+                      "--suite", "--model", "--spec", "--kd-stream", "--probe-stream", "--quick", "--steps")
 
 #: Longest lineage name: round runs are ``<lineage>-<n>-<task>`` and must fit the 64-character run rule.
 MAX_LINEAGE_CHARS = 40
@@ -51,10 +51,14 @@ class LineageSettings:
 
     Attributes:
         method: the continual-learning method of every round (``mode``, ``seq_lora``, ...).
-        suite: built-in benchmark whose base model, spec and judge the rounds use (``digits``), or
-            ``None`` when ``model`` is given.
-        model: store path or URI of the base model (a ``save_pretrained`` directory whose
-            ``config.json`` carries ``modality_spec``); ``None`` with a suite.
+        suite: the suite the rounds resolve their inputs with (:mod:`cl_platform.suites`): a
+            built-in benchmark, or ``tasks`` (the landed tasks with ``model``); ``None``: ``tasks``
+            when ``model`` is given, else the default suite.
+        model: store path or URI of the base model (a ``save_pretrained`` directory); ``None``:
+            the suite's base model.
+        spec: ``anole`` or a ModalitySpec JSON file (``None``: from the model's ``config.json``).
+        kd_stream: KD stream of every round (``None``: the suite's).
+        probe_stream: held-out stream of the generation probe (``None``: the suite's probe).
         quick: pass ``--quick`` to every round (few steps, small probe: CI and demos).
         steps: optimiser steps per round (``--steps``); ``None`` leaves the job's default.
         job_args: further ``jobs/sequence.py`` arguments for every round (hyperparameters such as
@@ -72,11 +76,17 @@ class LineageSettings:
             (the latest learned run), ``{tasks}`` (learned tasks, comma-separated), ``{n}``.
             It runs beside the lineage (a Ray job with ``--ray-address``, else a detached process)
             and does not block the next round.
+
+    A round resolves its inputs from these settings like any sequence
+    (:func:`cl_platform.suites.resolve_run_inputs`).
     """
 
     method: str = "mode"
-    suite: Optional[str] = "digits"
+    suite: Optional[str] = None
     model: Optional[str] = None
+    spec: Optional[str] = None
+    kd_stream: Optional[str] = None
+    probe_stream: Optional[str] = None
     quick: bool = False
     steps: Optional[int] = None
     job_args: list[str] = field(default_factory=list)
@@ -95,10 +105,15 @@ class LineageSettings:
         """Check every field; raises :class:`LineageConfigError` naming the bad one."""
         if not isinstance(self.method, str) or not _NAME_RE.fullmatch(self.method):
             raise LineageConfigError(f"lineage setting method={self.method!r} is not a method name")
-        if self.model is None and self.suite is None:
-            raise LineageConfigError("lineage settings need a base model: give model= (store path) or suite='digits'")
-        if self.suite not in (None, "digits"):
-            raise LineageConfigError(f"lineage setting suite={self.suite!r}: only 'digits' is built in")
+        from cl_platform.suites import available_suites
+
+        if self.suite is not None and self.suite not in available_suites():
+            raise LineageConfigError(f"lineage setting suite={self.suite!r}: known suites are {', '.join(available_suites())}")
+        if self.suite == "tasks" and not self.model:
+            raise LineageConfigError("lineage setting suite='tasks' needs model= (a save_pretrained directory in the store)")
+        for name in ("model", "spec", "kd_stream", "probe_stream"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise LineageConfigError(f"lineage setting {name}={getattr(self, name)!r} must be a string")
         if self.steps is not None and (not isinstance(self.steps, int) or self.steps < 1):
             raise LineageConfigError(f"lineage setting steps={self.steps!r} must be a positive integer")
         if not isinstance(self.job_args, list) or not all(isinstance(a, str) for a in self.job_args):
@@ -119,6 +134,14 @@ class LineageSettings:
         if self.hook_every and not self.hook_command:
             raise LineageConfigError("lineage setting hook_every > 0 needs hook_command")
         return self
+
+    def run_request(self, tasks: Sequence[str] = ()):
+        """The :class:`~cl_platform.suites.RunRequest` of a round over ``tasks``."""
+        from cl_platform.suites import DEFAULT_SUITE, RunRequest
+
+        suite = self.suite or ("tasks" if self.model else DEFAULT_SUITE)
+        return RunRequest(suite=suite, tasks=list(tasks), model=self.model, spec=self.spec,
+                          kd_stream=self.kd_stream, probe_stream=self.probe_stream, quick=self.quick)
 
     def includes(self, task: str) -> bool:
         """True when ``task`` matches one of the :attr:`include` patterns."""

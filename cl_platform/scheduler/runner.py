@@ -1,4 +1,5 @@
-"""Running a round: ``jobs/sequence.py --from-run ... --tasks NAME`` as a Ray job or a local process.
+"""Running a round: the sequence command (``python -m cl_platform.cli.sequence --from-run ... --tasks NAME``)
+as a Ray job or a local process.
 
 Two runners behind one small interface (:class:`Runner`):
 
@@ -30,10 +31,13 @@ from typing import Any, Optional, Protocol
 from cl_platform.scheduler.config import LineageSettings
 from cl_platform.scheduler.state import InFlightRound
 
-#: The repository root (holds ``jobs/``): the working dir of every round.
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-#: The round entry point, relative to :data:`REPO_ROOT`.
-SEQUENCE_JOB = "jobs/sequence.py"
+#: The round entry point: the sequence command line, a module of the installed package.
+SEQUENCE_MODULE = "cl_platform.cli.sequence"
+
+
+def round_command(python: str, job_script: Optional[str]) -> list[str]:
+    """The command that runs a round: ``python -m`` :data:`SEQUENCE_MODULE`, or ``python job_script``."""
+    return [python, job_script] if job_script else [python, "-m", SEQUENCE_MODULE]
 
 #: Job states (Ray's names, plus two of our own).
 PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED = "PENDING", "RUNNING", "SUCCEEDED", "FAILED", "STOPPED"
@@ -63,14 +67,15 @@ class JobStatus:
 
 
 def round_args(settings: LineageSettings, store_url: str, *, task: str, run: str, from_run: Optional[str]) -> list[str]:
-    """``jobs/sequence.py`` arguments of one round (always ``--resume``: it creates or continues the run)."""
+    """Sequence command arguments of one round (always ``--resume``: it creates or continues the run)."""
     args = ["--store", store_url, "--tasks", task, "--run", run, "--method", settings.method, "--resume"]
     if from_run:
         args += ["--from-run", from_run]
-    if settings.suite:
-        args += ["--suite", settings.suite]
-    if settings.model:
-        args += ["--model", settings.model]
+    args += ["--suite", settings.run_request().suite]
+    for flag, value in (("--model", settings.model), ("--spec", settings.spec), ("--kd-stream", settings.kd_stream),
+                        ("--probe-stream", settings.probe_stream)):
+        if value:
+            args += [flag, value]
     if settings.quick:
         args.append("--quick")
     if settings.steps is not None:
@@ -116,7 +121,7 @@ class EmbeddedRunner:
 
     Args:
         log_dir: where each attempt's output goes (``<submission_id>.log``).
-        job_script: the entry point (default ``jobs/sequence.py`` of this repository).
+        job_script: a script to run instead of :data:`SEQUENCE_MODULE` (tests and benchmarks).
         python: the interpreter (default: this one).
         env: extra environment variables for the job.
     """
@@ -126,7 +131,7 @@ class EmbeddedRunner:
     def __init__(self, log_dir: str, *, job_script: Optional[str] = None, python: str = sys.executable,
                  env: Optional[dict[str, str]] = None) -> None:
         self.log_dir = os.path.abspath(log_dir)
-        self.job_script = os.path.abspath(job_script or os.path.join(REPO_ROOT, SEQUENCE_JOB))
+        self.job_script = os.path.abspath(job_script) if job_script else None
         self.python = python
         self.env = dict(env or {})
         self._children: dict[str, subprocess.Popen] = {}
@@ -135,14 +140,14 @@ class EmbeddedRunner:
         os.makedirs(os.path.dirname(log_path), exist_ok=True)
         env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1", **self.env}
         with open(log_path, "ab") as log:
-            return subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+            return subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, start_new_session=True)
 
     def submit(self, inflight: InFlightRound, args: list[str], store_url: str) -> dict[str, Any]:
         import psutil
 
         log_path = os.path.join(self.log_dir, f"{inflight.submission_id}.log")
-        proc = self._spawn([self.python, self.job_script, *args], log_path)
+        proc = self._spawn([*round_command(self.python, self.job_script), *args], log_path)
         self._children[inflight.submission_id] = proc
         try:
             started = psutil.Process(proc.pid).create_time()
@@ -199,19 +204,20 @@ class RayJobRunner:
 
     Args:
         address: the dashboard address (``http://head:8265``).
-        job_script: the entry point relative to ``working_dir`` (default ``jobs/sequence.py``).
-        working_dir: uploaded as the job's working dir (default: this repository; honours
-            ``.gitignore``).
+        job_script: a script (relative to ``working_dir``) to run instead of :data:`SEQUENCE_MODULE`.
+        working_dir: uploaded as every job's working dir (honours ``.gitignore``), e.g. a checkout
+            whose files hook commands read; ``None``: none, the jobs run the package installed on
+            the cluster.
         client: a ``JobSubmissionClient`` (built from ``address`` when ``None``; tests pass a fake).
     """
 
     kind = "ray-job"
 
-    def __init__(self, address: str, *, job_script: Optional[str] = None, working_dir: str = REPO_ROOT,
+    def __init__(self, address: str, *, job_script: Optional[str] = None, working_dir: Optional[str] = None,
                  client: Any = None) -> None:
         self.address = address
         self.working_dir = working_dir
-        self.job_script = job_script or SEQUENCE_JOB
+        self.job_script = job_script
         self._client = client
 
     @property
@@ -230,10 +236,10 @@ class RayJobRunner:
         # the round's driver passes the same AWS_* variables to ray.init again; let the job's own
         # runtime env be merged with (overridden by) it instead of rejected as a conflict
         env["env_vars"]["RAY_OVERRIDE_JOB_RUNTIME_ENV"] = "1"
-        return {"working_dir": self.working_dir, **env}
+        return {"working_dir": self.working_dir, **env} if self.working_dir else env
 
     def submit(self, inflight: InFlightRound, args: list[str], store_url: str) -> dict[str, Any]:
-        entrypoint = shlex.join(["python", self.job_script, *args])
+        entrypoint = shlex.join([*round_command("python", self.job_script), *args])
         try:
             self.client.submit_job(
                 entrypoint=entrypoint, submission_id=inflight.submission_id, runtime_env=self._runtime_env(store_url),
@@ -270,7 +276,7 @@ __all__ = [
     "JobStatus",
     "RayJobRunner",
     "Runner",
-    "REPO_ROOT",
-    "SEQUENCE_JOB",
+    "SEQUENCE_MODULE",
     "round_args",
+    "round_command",
 ]

@@ -8,7 +8,6 @@ spec must be the model's, and the policy's minimum number of train rows.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Optional
 
@@ -39,32 +38,14 @@ class Verdict:
 
 
 def lineage_spec(store: Store, settings: LineageSettings) -> ModalitySpec:
-    """The modality spec (vocabulary, image-token ranges) of the lineage's base model.
+    """The modality spec (vocabulary, image-token ranges) of the lineage's base model, resolved by
+    its suite like any run's (:func:`cl_platform.suites.resolve_model`); ``ValueError`` naming the model."""
+    from cl_platform.suites import resolve_model
 
-    With ``suite='digits'`` the digits spec; with a ``model`` in the store, the ``modality_spec``
-    of its ``config.json``. Raises ``ValueError`` naming the model otherwise.
-    """
-    if settings.model is None:
-        from cl_platform.suites.digits.vocab import DIGITS_SPEC
-
-        return DIGITS_SPEC
-    model = settings.model
-    root = store.uri("")
-    if "://" in model:
-        if not model.startswith(root):
-            raise ValueError(f"lineage model {model!r} is outside the store {root}; give a path inside the store")
-        model = model[len(root):].strip("/")
-    path = f"{model.strip('/')}/config.json"
     try:
-        config = store.read_json(path)
-    except FileNotFoundError:
-        raise ValueError(f"lineage model {settings.model!r}: no config.json at {store.uri(path)}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"lineage model {settings.model!r}: {store.uri(path)} is not JSON: {exc}") from None
-    spec = config.get("modality_spec") if isinstance(config, dict) else None
-    if not spec:
-        raise ValueError(f"lineage model {settings.model!r}: {store.uri(path)} has no 'modality_spec'")
-    return ModalitySpec.from_dict(dict(spec))
+        return resolve_model(store, settings.run_request())[1]
+    except ValueError as exc:
+        raise ValueError(f"lineage model: {exc}") from None
 
 
 def validate_task(store: Store, name: str, spec: ModalitySpec, *, min_rows: int = 0) -> Verdict:

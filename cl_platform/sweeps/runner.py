@@ -32,7 +32,7 @@ from cl_platform.sweeps.space import SweepSpec, default_point
 
 #: Tune's experiment directory name inside ``<store>/sweeps/<name>/``.
 TUNE_DIR = "tune"
-#: CPUs the Tune function of a trial reserves (it only drives the TorchTrainer; DESIGN.md section 7).
+#: CPUs the Tune function of a trial reserves (it only drives the TorchTrainer).
 TRIAL_FUNCTION_CPUS = 0.01
 #: CPUs that must stay free besides the trials' reservations: Ray Data's read / map tasks each ask
 #: for a whole CPU, and with none free a trial's data pipeline waits forever (measured: a 2-CPU
@@ -212,7 +212,7 @@ def _searcher(spec: SweepSpec):
             point.pop("order", None)
         points = [point]
     sampler = optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=s.n_startup_trials)
-    if s.multi_objective:  # metric/mode lists go on OptunaSearch, not TuneConfig (DESIGN.md section 7)
+    if s.multi_objective:  # metric/mode lists go on OptunaSearch, not TuneConfig
         return OptunaSearch(metric=s.metrics, mode=s.modes, points_to_evaluate=points, sampler=sampler)
     return OptunaSearch(metric=s.metrics[0], mode=s.modes[0], points_to_evaluate=points, sampler=sampler)
 
@@ -231,48 +231,19 @@ def _scheduler(spec: SweepSpec):
                          stop_last_trials=False)
 
 
-@dataclass
-class _Inputs:
-    store: Store
-    model_uri: str
-    spec: Any  # ModalitySpec
-    kd_stream: Optional[str]
-    judge: Optional[str]
+def run_request(spec: SweepSpec):
+    """The :class:`~cl_platform.suites.RunRequest` of a sweep file (its suite, model, streams, probe)."""
+    from cl_platform.suites import RunRequest
+
+    return RunRequest(suite=spec.suite, tasks=list(spec.tasks), model=spec.model, spec=spec.spec,
+                      kd_stream=spec.kd_stream, probe_stream=spec.probe_stream, probe_size=spec.probe_size)
 
 
-def prepare_inputs(spec: SweepSpec, store: Store, *, log: Callable[[str], None] = print) -> _Inputs:
-    """Suite, base model, streams and task checks (no Ray needed); raises naming a bad input."""
-    from cl_platform.models.modality import ModalitySpec
-    from cl_platform.train.sequence import validate_tasks
+def prepare_inputs(spec: SweepSpec, store: Store, *, log: Callable[[str], None] = print):
+    """The sweep's :class:`~cl_platform.suites.RunInputs` (no Ray needed); raises naming a bad input."""
+    from cl_platform.suites import resolve_run_inputs
 
-    kd_stream, judge, model_uri, mspec = spec.kd_stream, spec.judge, spec.model, None
-    if spec.suite == "digits":
-        from cl_platform.suites.digits import vocab as V
-        from cl_platform.suites.digits.pretrain import ensure_base_model
-        from cl_platform.suites.digits.publish import JUDGE_PKL, SUITE_JSON, write_suite
-
-        if not store.exists(SUITE_JSON):
-            log(f"writing the digits suite into {store.uri()}")
-            write_suite(store)
-        mspec = V.DIGITS_SPEC
-        kd_stream = kd_stream or "kd"
-        judge = judge or JUDGE_PKL
-        if model_uri is None:
-            model_uri = ensure_base_model(store, log=log).uri
-    if model_uri is None:
-        raise ValueError(f"{spec.source}: model: required without a suite")
-    if "://" not in model_uri:
-        model_uri = store.uri(model_uri)
-    if mspec is None:
-        from cl_platform.models.chameleon import modality_spec_of
-
-        mspec = modality_spec_of(model_uri)
-    validate_tasks(store, list(spec.tasks), ModalitySpec.from_dict(mspec.to_dict()))
-    if kd_stream and not store.exists(f"streams/{kd_stream}/manifest.json"):
-        raise ValueError(f"{spec.source}: kd_stream: no stream {kd_stream!r} in {store.uri('streams')}")
-    if judge and not store.exists(judge):
-        raise ValueError(f"{spec.source}: judge: {store.uri(judge)} does not exist")
-    return _Inputs(store=store, model_uri=model_uri, spec=mspec, kd_stream=kd_stream, judge=judge)
+    return resolve_run_inputs(store, run_request(spec), log=lambda m: log(f"[sweep] {m}"))
 
 
 def check_resources(spec: SweepSpec) -> None:
@@ -299,7 +270,7 @@ def check_resources(spec: SweepSpec) -> None:
         ) from None
 
 
-def build_plan(spec: SweepSpec, inputs: _Inputs, teacher_cache: Optional[str]):
+def build_plan(spec: SweepSpec, inputs, teacher_cache: Optional[str]):
     """The :class:`~cl_platform.sweeps.trial.TrialPlan` shared by every trial."""
     from cl_platform.methods import MethodConfig
     from cl_platform.sweeps.space import SEARCHABLE, FIXED_ONLY
@@ -310,9 +281,10 @@ def build_plan(spec: SweepSpec, inputs: _Inputs, teacher_cache: Optional[str]):
     training_fixed = {k: v for k, v in spec.fixed.items() if k not in method_fixed}
     seed = training_fixed.get("seed", 0)
     method_config = {**MethodConfig().to_dict(), **method_fixed, "seed": seed}
+    fields = inputs.sequence_fields()
     sequence = {
-        "model_uri": inputs.model_uri, "spec": inputs.spec.to_dict(), "kd_stream": inputs.kd_stream,
-        "teacher_cache": teacher_cache, "judge": inputs.judge, "num_workers": spec.resources.num_workers,
+        "model_uri": fields["model_uri"], "spec": fields["spec"], "kd_stream": fields["kd_stream"],
+        "probe": fields["probe"], "teacher_cache": teacher_cache, "num_workers": spec.resources.num_workers,
         "cpus_per_worker": spec.resources.cpus_per_worker, "gpus_per_worker": spec.resources.gpus_per_worker,
         **training_fixed,
     }
@@ -349,7 +321,6 @@ def run_sweep(
     from ray import tune
 
     from cl_platform.methods import MethodConfig, get_method
-    from cl_platform.models.modality import ModalitySpec
     from cl_platform.sweeps import results as R
     from cl_platform.sweeps.trial import sweep_trial
     from cl_platform.train.resources import init_ray, runtime_env_for_store
@@ -379,7 +350,7 @@ def run_sweep(
         if get_method(spec.method).needs_teacher and inputs.kd_stream:
             mc = MethodConfig(**{**MethodConfig().to_dict(), **{k: v for k, v in spec.fixed.items()
                                                                 if k in ("kd_top_k", "kd_temperature")}})
-            ms = ModalitySpec.from_dict(inputs.spec.to_dict())
+            ms = inputs.spec
             cache = ensure_teacher_cache(st, inputs.model_uri, inputs.kd_stream, ms, k=min(mc.kd_top_k, ms.vocab_size),
                                          temperature=mc.kd_temperature, log=lambda m: log(f"[sweep] {m}"))
         plan = build_plan(spec, inputs, cache)

@@ -6,10 +6,13 @@ error naming the key::
     name: digits_quick                  # results under <store>/sweeps/<name>/
     description: ...                    # optional free text, copied into the summary
     store: null                         # store URL (default: the platform's; --store overrides)
-    suite: digits                       # built-in benchmark written into the store if absent
+    suite: digits                       # where tasks, model and probe come from (cl_platform.suites);
+                                        # default: `tasks` when a model is given, else the default suite
     model: null                         # base model store path/URI (default: the suite's base)
-    kd_stream: null                     # KD / generation stream (digits: "kd")
-    judge: null                         # generation judge (digits: built in)
+    spec: null                          # "anole" or a ModalitySpec JSON file (default: the model's config)
+    kd_stream: null                     # KD / generation stream (default: the suite's)
+    probe_stream: null                  # held-out stream of the likelihood probe (default: the suite's probe)
+    probe_size: null                    # size of the generation probe (default: the suite's)
     method: mode                        # the continual-learning method every trial trains
     tasks: [parity, name]               # the task set (default: the suite's task order)
     orders:                             # task orders (default: just `tasks` as listed)
@@ -26,7 +29,6 @@ error naming the key::
       lr: {type: loguniform, low: 3.0e-4, high: 3.0e-3}
     fixed:                              # fixed training / method settings of every trial
       steps_per_task: 12
-      probe_per_digit: 1
     search:
       num_samples: 6                    # trials
       objectives: {avg_accuracy: max, generation_drop: min}   # one (single-objective) or two
@@ -59,8 +61,6 @@ _SWEEP_NAME_RE = re.compile(SWEEP_NAME_PATTERN)
 #: Metrics a trial reports after every round that can be objectives, with their natural sense.
 OBJECTIVE_METRICS = {"avg_accuracy": "max", "generation_drop": "min", "generation_score": "max"}
 
-#: Built-in suites and their task names (checked at parse time).
-SUITE_TASKS = {"digits": ("parity", "plus_k", "compare", "name", "pair")}
 
 
 class SweepConfigError(ValueError):
@@ -110,13 +110,13 @@ FIXED_ONLY: dict[str, tuple[str, str, float]] = {
     "grad_clip": ("training", "float", 0.0),
     "checkpoint_every": ("training", "int", 0),
     "eval_batch_size": ("training", "int", 1),
-    "probe_per_digit": ("training", "int", 1),
     "log_every": ("training", "int", 1),
     "max_failures": ("training", "int", 0),
     "seed": ("training", "int", 0),
 }
 
-_TOP_KEYS = ("name", "description", "store", "suite", "model", "kd_stream", "judge", "method", "tasks",
+_TOP_KEYS = ("name", "description", "store", "suite", "model", "spec", "kd_stream", "probe_stream", "probe_size",
+             "method", "tasks",
              "orders", "space", "fixed", "search", "resources")
 _ORDER_KEYS = ("fixed", "sample", "seed", "per_trial")
 _SEARCH_KEYS = ("num_samples", "objectives", "seed", "n_startup_trials", "include_default", "max_concurrent_trials",
@@ -250,10 +250,13 @@ class SweepSpec:
         source: where the spec came from (file path, or ``"<dict>"``), used in messages.
         description: free text for the summary.
         store: store URL, or ``None`` for the default store.
-        suite: built-in suite (``"digits"``) or ``None`` (tasks and model already in the store).
+        suite: the suite the inputs come from (:mod:`cl_platform.suites`; resolved at parse time:
+            ``tasks`` when a model is given without a suite, else the default suite).
         model: base model store path/URI, or ``None`` for the suite's base.
+        spec: ``"anole"`` or a ModalitySpec JSON file, or ``None`` (the model's config).
         kd_stream: KD / generation stream name, or ``None`` (the suite's).
-        judge: store path of the generation judge, or ``None`` (the suite's).
+        probe_stream: held-out stream of the likelihood probe, or ``None`` (the suite's probe).
+        probe_size: size of the generation probe, or ``None`` (the suite's).
         method: the continual-learning method of every trial.
         tasks: the task set, in its listed order.
         orders: the task orders.
@@ -270,10 +273,12 @@ class SweepSpec:
     source: str = "<dict>"
     description: str = ""
     store: Optional[str] = None
-    suite: Optional[str] = "digits"
+    suite: Optional[str] = None
     model: Optional[str] = None
+    spec: Optional[str] = None
     kd_stream: Optional[str] = None
-    judge: Optional[str] = None
+    probe_stream: Optional[str] = None
+    probe_size: Optional[int] = None
     method: str = "mode"
     fixed: Mapping[str, Any] = field(default_factory=dict)
     search: SearchSpec = field(default_factory=SearchSpec)
@@ -329,21 +334,26 @@ def parse_sweep(doc: Any, *, source: str = "<dict>") -> SweepSpec:
     if not isinstance(name, str) or not _SWEEP_NAME_RE.fullmatch(name):
         raise fail("name", f"must match {SWEEP_NAME_PATTERN} (lower-case letters, digits, '_' and '-'; "
                            f"1-40 characters), got {name!r}")
-    suite = doc.get("suite", "digits" if doc.get("model") is None else None)
-    if suite is not None and suite not in SUITE_TASKS:
-        raise fail("suite", f"unknown suite {suite!r}; known: {', '.join(SUITE_TASKS)} (or null with model and tasks)")
-    if suite is None and not doc.get("model"):
-        raise fail("model", "required when no suite is given (a save_pretrained directory in the store)")
-    for key in ("store", "model", "kd_stream", "judge", "description"):
+    from cl_platform.suites import DEFAULT_SUITE, available_suites, get_suite
+
+    suite = doc.get("suite") or ("tasks" if doc.get("model") else DEFAULT_SUITE)
+    if suite not in available_suites():
+        raise fail("suite", f"unknown suite {suite!r}; known: {', '.join(available_suites())}")
+    if suite == "tasks" and not doc.get("model"):
+        raise fail("model", "required with suite 'tasks' (a save_pretrained directory in the store)")
+    for key in ("store", "model", "spec", "kd_stream", "probe_stream", "description"):
         if doc.get(key) is not None and not isinstance(doc[key], str):
             raise fail(key, f"must be a string, got {doc[key]!r}")
+    probe_size = doc.get("probe_size")
+    if probe_size is not None and (not _is_int(probe_size) or probe_size < 1):
+        raise fail("probe_size", f"must be a positive integer, got {probe_size!r}")
     method = doc.get("method", "mode")
     from cl_platform.methods import available_methods
 
     if method not in available_methods():
         raise fail("method", f"unknown method {method!r}; known: {', '.join(available_methods())}")
 
-    known = SUITE_TASKS.get(suite) if suite else None
+    known = tuple(get_suite(suite).default_tasks) or None
     raw_orders = doc.get("orders")
     if doc.get("tasks") is None and isinstance(raw_orders, Mapping) and isinstance(raw_orders.get("fixed"), list) \
             and raw_orders["fixed"]:
@@ -356,14 +366,15 @@ def parse_sweep(doc: Any, *, source: str = "<dict>") -> SweepSpec:
     search = _parse_search(doc.get("search"), len(tasks), fail)
     resources = _parse_resources(doc.get("resources"), fail)
     if search.multi_objective or "generation_drop" in search.metrics or "generation_score" in search.metrics:
-        if suite is None and not doc.get("judge"):
-            raise fail("search.objectives", "generation objectives need a generation judge: set `judge` "
-                                            "(built in for suite: digits)")
+        if suite == "tasks" and not doc.get("probe_stream") and not doc.get("kd_stream"):
+            raise fail("search.objectives", "generation objectives need a generation probe: set `probe_stream` "
+                                            "(or a `kd_stream` whose held-out `<kd_stream>-probe` is in the store)")
     if search.include_default:
         _check_default_in_space(space, fixed, fail)
     return SweepSpec(
         name=name, source=source, description=doc.get("description") or "", store=doc.get("store"), suite=suite,
-        model=doc.get("model"), kd_stream=doc.get("kd_stream"), judge=doc.get("judge"), method=method,
+        model=doc.get("model"), spec=doc.get("spec"), kd_stream=doc.get("kd_stream"),
+        probe_stream=doc.get("probe_stream"), probe_size=probe_size, method=method,
         tasks=tasks, orders=orders, space=space, fixed=fixed, search=search, resources=resources,
     )
 
@@ -394,7 +405,7 @@ def _task_list(value: Any, where: str, known: Optional[Sequence[str]], fail) -> 
 def _parse_tasks(value: Any, known: Optional[Sequence[str]], fail) -> tuple[str, ...]:
     if value is None:
         if known is None:
-            raise fail("tasks", "required when no suite is given")
+            raise fail("tasks", "required when the suite has no tasks of its own (suite 'tasks')")
         return tuple(known)
     return _task_list(value, "tasks", known, fail)
 

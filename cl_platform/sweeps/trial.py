@@ -4,7 +4,7 @@ The Tune function :func:`sweep_trial` builds a :class:`~cl_platform.train.config
 from the sweep's :class:`TrialPlan` and the trial's sampled hyperparameters, opens (or, for a
 restarted trial, resumes) a normal run under ``<store>/runs/<sweep>-<trial id>[-o<k>]/`` and calls
 :func:`cl_platform.train.sequence.fit_method`: one ``TorchTrainer.fit`` per order whose loop walks
-all rounds (DESIGN.md section 7: Tune over Train V2).
+all rounds (Tune over Ray Train V2: the Tune function builds and fits the trainer).
 
 Reports: a trial reports once per round, so Tune's ``training_iteration`` is the round number
 (1-based) and ASHA stops trials on rounds. With several orders per trial the orders run one after
@@ -42,7 +42,7 @@ class TrialPlan:
         orders: task orders; ``per_trial == "all"``: every trial runs all of them; ``"search"``:
             the trial runs ``orders[params["order"]]``.
         per_trial: ``"all"`` or ``"search"``.
-        sequence: ``SequenceConfig`` fields shared by every trial (model, spec, streams, judge,
+        sequence: ``SequenceConfig`` fields shared by every trial (model, spec, streams, probe,
             teacher cache, fixed training settings, scaling); ``run``, ``tasks`` and ``lr`` etc.
             are filled per trial.
         method_config: fixed ``MethodConfig`` fields (the sampled ones are added per trial).
@@ -199,20 +199,10 @@ class RoundReportCallback(TuneReportCallback):
 
 def finish_run(store, cfg, *, log: Callable[[str], None] = print) -> Optional[dict]:
     """Write a finished trial run's ``results.json`` and report, as ``jobs/sequence.py`` does."""
-    from cl_platform.eval.report import build_results, write_report, write_results
     from cl_platform.train.ledger import Ledger
-    from cl_platform.train.sequence import method_results
+    from cl_platform.train.sequence import write_run_results
 
-    ledger = Ledger.open(store, cfg.run)
-    per_method = {cfg.method: method_results(ledger, cfg.method, len(cfg.tasks))}
-    results = build_results(cfg.run, list(cfg.tasks), ledger.config, per_method)
-    prefix = f"runs/{cfg.run}"
-    write_results(store, prefix, results)
-    try:
-        write_report(store, prefix, results)
-    except Exception as exc:  # a plotting problem must not fail a trial whose results are stored
-        log(f"report of {cfg.run} not written: {exc}")
-    return results
+    return write_run_results(store, cfg, [cfg.method], Ledger.open(store, cfg.run).config, log=log, quiet=True)
 
 
 def sweep_trial(params: dict[str, Any], plan: Mapping[str, Any]) -> None:

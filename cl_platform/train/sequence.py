@@ -152,6 +152,40 @@ def method_results(ledger: Ledger, method: str, num_tasks: int) -> dict[str, Any
                        for rec in rounds]}
 
 
+def write_run_results(store: Store, cfg: SequenceConfig, methods: Sequence[str], config: dict[str, Any], *,
+                      log: Callable[[str], None] = print, quiet: bool = False) -> dict[str, Any]:
+    """``results.json`` and the report of a finished run, from its ledger; returns the results.
+
+    Without a generation probe there are no generation scores, so the accuracies are printed and
+    the ledger is where they stay. ``quiet`` logs only a report that could not be written (sweep trials).
+    """
+    from cl_platform.eval.report import build_results, format_table, write_report, write_results
+
+    ledger = Ledger.open(store, cfg.run)
+    per_method = {m: method_results(ledger, m, len(cfg.tasks)) for m in methods}
+    if cfg.probe is None:
+        log("no generation probe: no generation scores, so no results.json/report; "
+            f"per-round accuracies are in {ledger.uri}")
+        for m, res in per_method.items():
+            log(f"[{m}] final accuracy " + " ".join(f"{t}={a:.2f}" for t, a in zip(cfg.tasks, res["accuracy_matrix"][-1])))
+        return {"methods": per_method}
+    results = build_results(cfg.run, list(cfg.tasks), config, per_method)
+    prefix = f"runs/{cfg.run}"
+    write_results(store, prefix, results)
+    try:
+        paths = write_report(store, prefix, results)
+    except Exception as exc:  # a plotting problem must not lose results that are stored
+        log(f"report of {cfg.run} not written: {exc}")
+        paths = []
+    if not quiet:
+        log("")
+        log(format_table(results))
+        log(f"\ngeneration probe: {(cfg.probe or {}).get('description', '-')}")
+        log(f"results: {store.uri(prefix + '/results.json')}")
+        log(f"report:  {store.uri(paths[0]) if paths else '-'}")
+    return results
+
+
 def run_sequence(
     base_cfg: SequenceConfig,
     methods: Sequence[str],
@@ -166,14 +200,12 @@ def run_sequence(
     ``resume`` continues an interrupted run from its ledger (finished rounds are not redone);
     ``from_run`` starts every method from that run's final adapter of the same method.
     """
-    from cl_platform.eval.report import build_results, format_table, write_report, write_results
     from cl_platform.train.resources import init_ray, validate_resources
 
     store = Store(base_cfg.store)
     spec = ModalitySpec.from_dict(base_cfg.spec)
     for m in methods:
         get_method(m)  # unknown names fail here, listing the known ones
-    validate_tasks(store, base_cfg.tasks, spec)
     t_start = time.time()
     from cl_platform.train.resources import runtime_env_for_store
 
@@ -214,23 +246,7 @@ def run_sequence(
         store.write_json(f"runs/{base_cfg.run}/timing.json", {
             "ray_start_s": round(ray_start_s, 3), "fit_s": round(fit_s, 3), "driver_s": round(time.time() - t_start, 3),
             "methods_fitted": [c.method for c in todo]})
-        ledger = Ledger.open(store, base_cfg.run)
-        per_method = {m: method_results(ledger, m, len(base_cfg.tasks)) for m in methods}
-        if base_cfg.judge is None:
-            log("no generation judge (--judge): no generation scores, so no results.json/report; "
-                f"per-round accuracies are in {ledger.uri}")
-            for m, res in per_method.items():
-                log(f"[{m}] final accuracy " + " ".join(
-                    f"{t}={a:.2f}" for t, a in zip(base_cfg.tasks, res["accuracy_matrix"][-1])))
-            return {"methods": per_method}
-        results = build_results(base_cfg.run, list(base_cfg.tasks), config, per_method)
-        prefix = f"runs/{base_cfg.run}"
-        write_results(store, prefix, results)
-        paths = write_report(store, prefix, results)
-        log("")
-        log(format_table(results))
-        log(f"\nresults: {store.uri(prefix + '/results.json')}")
-        log(f"report:  {store.uri(paths[0]) if paths else '-'}")
+        results = write_run_results(store, base_cfg, methods, config, log=log)
         log(f"total {time.time() - t_start:.1f}s, of which the fit {fit_s:.1f}s")
         return results
     finally:

@@ -175,7 +175,7 @@ def _parse(parse: Callable[[list[str]], argparse.Namespace], argv: list[str], wh
 
 
 def _sequence(argv: list[str], what: str) -> Launch:
-    from cl_platform.train.cli import build_parser
+    from cl_platform.cli.sequence import build_parser
 
     args = _parse(build_parser().parse_args, argv, what)
     gpw = args.gpus_per_worker if args.gpus_per_worker is not None else 0.0
@@ -186,7 +186,7 @@ def _sequence(argv: list[str], what: str) -> Launch:
 def _scheduler(argv: list[str], what: str) -> Launch:
     """The scheduler's arguments, and the round command its settings produce (parsed by
     jobs/sequence.py's parser): the GPUs are the rounds'."""
-    from cl_platform.scheduler.cli import build_parser, settings_overrides
+    from cl_platform.cli.scheduler import build_parser, settings_overrides
     from cl_platform.scheduler.config import LineageSettings
     from cl_platform.scheduler.runner import round_args
 
@@ -202,7 +202,7 @@ def _scheduler(argv: list[str], what: str) -> Launch:
 
 
 def _sweep(argv: list[str], what: str) -> Launch:
-    from cl_platform.sweeps.cli import build_parser
+    from cl_platform.cli.sweep import build_parser
     from cl_platform.sweeps.space import load_sweep
 
     args = _parse(build_parser().parse_args, argv, what)

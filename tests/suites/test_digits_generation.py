@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from cl_platform.eval.generation import ImageSampling, generate_image_tokens, generate_images, generation_eval, probe_digits
+from cl_platform.suites.digits.generation import ImageSampling, generate_image_tokens, generate_images, generation_eval, probe_digits
 from cl_platform.models.tiny import TinyModelConfig, build_tiny_model
 from cl_platform.suites.digits import vocab as V
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cl_platform.eval.judge import NOT_A_DIGIT, DigitsJudge, ImageJudge, generation_score, noise_images, train_digits_judge
+from cl_platform.suites.digits.judge import NOT_A_DIGIT, DigitsJudge, ImageJudge, generation_score, noise_images, train_digits_judge
 from cl_platform.suites.digits.tasks import load_digit_images, make_split
 
 

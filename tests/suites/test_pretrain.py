@@ -11,7 +11,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_short_pretrain_writes_reloads_and_is_reused(tmp_path, capsys):
-    from cl_platform.eval.generation import ImageSampling, generate_images
+    from cl_platform.suites.digits.generation import ImageSampling, generate_images
     from cl_platform.models.chameleon import image_generation_allowed, load_model, modality_spec_of
     from cl_platform.models.tiny import TinyModelConfig
     from cl_platform.suites.digits import vocab as V

@@ -20,7 +20,7 @@ Result in the store (``<store>/models/<name>/``, default name ``digits-base``)::
 The card holds the model and training configuration, the parameter count, steps, wall times,
 threads, and the held-out metrics: understanding accuracy on the holdout pool (greedy, exact
 match), generation score (judge accuracy on ``10 x 10`` sampled images, see
-:mod:`cl_platform.eval.generation`) and the judge's own accuracy on held-out real digits.
+:mod:`cl_platform.suites.digits.generation`) and the judge's own accuracy on held-out real digits.
 :func:`ensure_base_model` reuses a complete model instead of training again.
 """
 
@@ -37,7 +37,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from cl_platform.eval.generation import ImageSampling
+from cl_platform.suites.digits.generation import ImageSampling
 from cl_platform.suites.digits.pretrain_data import MixtureBatches, MixtureWeights, build_sources
 from cl_platform.models.tiny import TinyModelConfig
 
@@ -194,8 +194,8 @@ def evaluate_base(
     ``judge`` is a fitted judge; when ``None`` the digits judge of ``seed`` is trained (~1 s).
     """
     from cl_platform.eval.accuracy import answer_accuracy, eval_rows_from_table
-    from cl_platform.eval.generation import generation_eval
-    from cl_platform.eval.judge import train_digits_judge
+    from cl_platform.suites.digits.generation import generation_eval
+    from cl_platform.suites.digits.judge import train_digits_judge
     from cl_platform.suites.digits import vocab as V
     from cl_platform.suites.digits.tasks import pretrain_eval
 

@@ -87,7 +87,7 @@ def write_suite(
         suite: a pre-built suite for ``seed`` (built here when ``None``).
         log: receives one line per artifact (written / skipped).
     """
-    from cl_platform.eval.judge import DigitsJudge, train_digits_judge
+    from cl_platform.suites.digits.judge import DigitsJudge, train_digits_judge
 
     store = as_store(store)
     suite = suite if suite is not None else build_suite(seed)
@@ -198,8 +198,8 @@ def read_suite_info(store: Store | str | None) -> dict:
 
 
 def load_judge(store: Store | str | None, path: str = JUDGE_PKL):
-    """The judge stored by :func:`write_suite` (an :class:`~cl_platform.eval.judge.ImageJudge`)."""
-    from cl_platform.eval.judge import ImageJudge
+    """The judge stored by :func:`write_suite` (an :class:`~cl_platform.suites.digits.judge.ImageJudge`)."""
+    from cl_platform.suites.digits.judge import ImageJudge
 
     return ImageJudge.from_bytes(as_store(store).read_bytes(path))
 
