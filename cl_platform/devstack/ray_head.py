@@ -254,7 +254,7 @@ def write_env_file(state: HeadState) -> None:
         "Written by `make ray-up` (python -m cl_platform.devstack.ray_head): the local Ray head. "
         "Removed by `make ray-down`.",
         "CL_STORE: the store jobs on this head write to and read the base model from (`make demo`'s).",
-        "Use it with:  . .ray_local/env   then",
+        f"Use it with:  . {procs.shown_path(state.env_file)}   then",
         "  " + submit_command(state, '"$CL_STORE"'),
     ], {"CL_STORE": state.store_url})
 
