@@ -1,6 +1,6 @@
 """The on-store format of tasks and generation streams: writer, validating reader, listing.
 
-Layout (DESIGN.md §4)::
+Layout (docs/architecture.md)::
 
     <store>/tasks/<name>/manifest.json
     <store>/tasks/<name>/train/part-00000.parquet ...   tokens list<int32>, answer_start int32

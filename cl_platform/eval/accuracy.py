@@ -1,6 +1,6 @@
 """Understanding accuracy: greedy-decode the answer after each prompt, exact match.
 
-An eval row (DESIGN.md §4) is ``(prompt_tokens, answer_tokens)``; the prompt ends with the
+An eval row (docs/architecture.md) is ``(prompt_tokens, answer_tokens)``; the prompt ends with the
 separator and ``answer_tokens`` is what the model must emit next (answer words + end-of-sequence).
 A row is correct when the first ``len(answer_tokens)`` greedily generated tokens equal
 ``answer_tokens`` exactly.

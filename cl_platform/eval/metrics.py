@@ -1,6 +1,6 @@
 """Continual-learning metrics as pure functions of the accuracy matrix and the generation scores.
 
-Inputs (DESIGN.md §4, issue 4 item 4):
+Inputs:
 
 - ``R``, the **accuracy matrix**, ``T x T``: ``R[i][j]`` is the answer accuracy on task ``j``
   after training round ``i`` (rounds and tasks both in training order, so round ``i`` trained

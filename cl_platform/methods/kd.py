@@ -1,6 +1,6 @@
 """Knowledge distillation from the frozen base model: top-K renormalised KL with temperature.
 
-The loss (DESIGN.md section 5) at one position, with teacher logits ``z_t``, student logits
+The loss (docs/architecture.md, "The method") at one position, with teacher logits ``z_t``, student logits
 ``z_s`` over the vocabulary, ``I`` the ids of the teacher's K largest logits and temperature T::
 
     p_t = softmax(z_t[I] / T)          # teacher, renormalised on its top-K
@@ -8,8 +8,8 @@ The loss (DESIGN.md section 5) at one position, with teacher logits ``z_t``, stu
     kl  = sum_k p_t,k * (log p_t,k - log p_s,k)
     loss = T**2 * mean over valid positions of kl
 
-T is applied exactly once to both sides (the reference implementation applied it twice, see
-DESIGN.md section 6.3) and the ``T**2`` factor keeps gradient magnitudes comparable across T.
+T is applied exactly once to both sides (applying it to the
+logits and again to the log-probs would make the effective temperature T**2) and the ``T**2`` factor keeps gradient magnitudes comparable across T.
 
 The teacher side is carried as :class:`TeacherTargets`: the top-K ids and the teacher's
 log-probabilities at temperature 1 at those ids. Renormalising those log-probs at temperature T

@@ -1,8 +1,8 @@
 """The teacher's top-K log-probs on a fixed token stream, computed once and stored.
 
 The KD teacher is the frozen base model (adapters disabled) and the KD stream is fixed, so its
-top-K targets never change during a run, a sequence of rounds or a sweep (DESIGN.md sections 5
-and 6.2). :func:`compute_teacher_cache` runs the teacher over the stream once;
+top-K targets never change during a run, a sequence of rounds or a sweep (docs/architecture.md,
+"The method"). :func:`compute_teacher_cache` runs the teacher over the stream once;
 :class:`TeacherCache` holds the result, serialises it with safetensors (bytes for the artifact
 store, files for local use) and hands out :class:`~cl_platform.methods.kd.TeacherTargets` for a
 batch of stream rows, so the KD loss needs one forward pass (the student's) instead of two.
@@ -30,7 +30,7 @@ makes the bound ~8000x smaller at twice the size of the log-probs; ids dominate 
 
 Validity: a cache is tied to (base model, stream, K, T) through :func:`cache_key`, and carries
 the sha256 of the stream's tokens. The stored log-probs do not depend on T (the loss applies T),
-but the key includes it, as DESIGN.md section 5 prescribes; a cache with a larger K could also
+but the key includes it, so a change of T is a new cache by construction; a cache with a larger K could also
 serve a smaller K (its ids are sorted), which this module does not exploit.
 """
 

@@ -1,6 +1,6 @@
 """Training batches from ``(tokens, answer_start)`` rows and the answer-only loss.
 
-A task's train row (DESIGN.md §4) is ``tokens`` (prompt + answer) and ``answer_start``: the loss
+A task's train row (docs/architecture.md) is ``tokens`` (prompt + answer) and ``answer_start``: the loss
 is taken only on ``tokens[answer_start:]``. :func:`collate_rows` pads a list of rows into tensors
 (right padding; labels ``-100`` outside the answers) and :func:`answer_loss` is the matching
 cross-entropy, computed in float32.

@@ -1,7 +1,7 @@
 """Connecting to Ray and checking a training request against the cluster before a fit.
 
 A Ray Train fit whose workers do not fit the cluster waits forever for resources instead of
-failing (DESIGN.md section 7), so jobs call :func:`validate_resources` right after
+failing, so jobs call :func:`validate_resources` right after
 :func:`init_ray` and before building the trainer:
 
     started = init_ray(args.address, runtime_env=runtime_env_for_store(args.store))

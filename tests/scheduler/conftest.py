@@ -1,17 +1,11 @@
-"""Fixtures of the scheduler tests (helpers live in ``sched_helpers.py``, importable from here)."""
+"""Fixtures of the scheduler tests (helpers live in ``tests/support/sched_helpers.py``)."""
 
 from __future__ import annotations
 
-import os
-import sys
-
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from sched_helpers import Harness  # noqa: E402
-
-from cl_platform.store import Store  # noqa: E402
+from cl_platform.store import Store
+from tests.support.sched_helpers import Harness
 
 
 @pytest.fixture
@@ -48,7 +42,7 @@ def ray_tmp():
     import shutil
     import tempfile
 
-    from sched_helpers import kill_attributable
+    from tests.support.sched_helpers import kill_attributable
 
     root = tempfile.mkdtemp(prefix="cls", dir="/tmp")
     try:

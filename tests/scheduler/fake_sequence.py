@@ -17,15 +17,14 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-
-from cl_platform.store import Store  # noqa: E402
-from cl_platform.train.ledger import Ledger  # noqa: E402
+from cl_platform.store import Store
+from cl_platform.train.ledger import Ledger
 
 
 def main() -> int:
     p = argparse.ArgumentParser()
-    for flag in ("--store", "--tasks", "--run", "--method", "--from-run", "--suite", "--model", "--steps"):
+    for flag in ("--store", "--tasks", "--run", "--method", "--from-run", "--suite", "--model", "--spec", "--kd-stream",
+                 "--probe-stream", "--steps"):
         p.add_argument(flag)
     p.add_argument("--resume", action="store_true")
     p.add_argument("--quick", action="store_true")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 
-from sched_helpers import small_task, state_json
+from tests.support.sched_helpers import small_task, state_json
 
 from cl_platform.scheduler.detect import content_fingerprint, listing_signature, scan_tasks
 

@@ -17,7 +17,7 @@ import sys
 import time
 
 import pytest
-from sched_helpers import REPO, SchedulerProcess, copy_digits_task
+from tests.support.sched_helpers import REPO, SchedulerProcess, copy_digits_task
 
 from cl_platform.store import Store
 from cl_platform.train.ledger import Ledger, RunNotFoundError

@@ -12,7 +12,7 @@ import threading
 import time
 
 import pytest
-from sched_helpers import FAKE_JOB, small_task, state_json
+from tests.support.sched_helpers import FAKE_JOB, small_task, state_json
 
 from cl_platform.scheduler.config import LineageSettings
 from cl_platform.scheduler.runner import EmbeddedRunner, RayJobRunner, round_args

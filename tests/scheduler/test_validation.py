@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from sched_helpers import BAD_KINDS, small_task, state_json, write_bad_task
+from tests.support.sched_helpers import BAD_KINDS, small_task, state_json, write_bad_task
 
 from cl_platform.scheduler.config import LineageSettings
 from cl_platform.scheduler.validate import validate_task

@@ -1,8 +1,6 @@
 """A short pre-training into a temporary store: files, card, reload, generation, reuse."""
 
 import json
-import os
-import sys
 
 import pytest
 import torch
@@ -17,8 +15,7 @@ def test_short_pretrain_writes_reloads_and_is_reused(tmp_path, capsys):
     from cl_platform.suites.digits import vocab as V
     from cl_platform.suites.digits.pretrain import PretrainConfig, card_summary, ensure_base_model
 
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
-    from jobs.pretrain_base import main
+    from cl_platform.suites.digits.pretrain_cli import main
 
     store = tmp_path / "store"
     assert main(["--store", str(store), "--steps", "3", "--batch-size", "8", "--threads", "1"]) == 0

@@ -23,7 +23,7 @@ def tiny_sweep(tmp_path, name, num_samples, **search):
         "name": name, "suite": "digits", "method": "mode", "tasks": ["parity"],
         "space": {"kd_weight": {"type": "loguniform", "low": 0.03, "high": 3.0},
                   "r_text": {"type": "choice", "values": [4, 8]}},
-        "fixed": {"steps_per_task": 2, "probe_per_digit": 1, "log_every": 2},
+        "probe_size": 1, "fixed": {"steps_per_task": 2, "log_every": 2},
         "search": {"num_samples": num_samples, "n_startup_trials": num_samples,
                    "objectives": {"avg_accuracy": "max", "generation_drop": "min"}, **search},
         "resources": {"num_workers": 1, "cpus_per_worker": 0.99},

@@ -2,7 +2,7 @@
 
 Store layout it produces (``<prefix>`` is empty by default)::
 
-    tasks/<prefix>parity ... tasks/<prefix>pair       the five tasks (task format, DESIGN.md §4)
+    tasks/<prefix>parity ... tasks/<prefix>pair       the five tasks (task format, docs/architecture.md)
     streams/<prefix>kd, streams/<prefix>probe         the KD stream and the generation probe
     suites/digits/tokenizer/                          tokenizer.json, tokenizer_config.json, special_tokens_map.json
     suites/digits/judge.pkl                           the pickled DigitsJudge

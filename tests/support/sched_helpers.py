@@ -20,7 +20,7 @@ from cl_platform.scheduler.runner import EmbeddedRunner
 from cl_platform.store import Store
 from cl_platform.suites.digits.vocab import DIGITS_SPEC
 
-FAKE_JOB = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fake_sequence.py")
+FAKE_JOB = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scheduler", "fake_sequence.py")
 
 
 def small_task(store: Store, name: str, *, rows: int = 4, token: int = 30, spec_id: str = DIGITS_SPEC.spec_id) -> dict:
