@@ -6,7 +6,7 @@ Subpackages (one concern each):
 - ``methods``: the continual-learning methods the platform compares, behind one interface
 - ``models``: backbones, the tiny model factory, modality specs and image-token handling
 - ``data``: the task format, validation and data pipelines
-- ``suites``: built-in benchmarks (digits) and importers (MoDE-official jsonl)
+- ``suites``: plug-ins that resolve a run's inputs: built-in benchmarks, a user's store, the MoDE-official importer
 - ``train``: training loops, knowledge distillation and the teacher cache
 - ``eval``: accuracy, generation scores, continual-learning metrics and reports
 - ``store``: the fsspec-based artifact store (file:// and s3://)

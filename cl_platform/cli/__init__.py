@@ -5,5 +5,5 @@
 - :mod:`.scheduler`: ``cl-scheduler`` / ``jobs/scheduler.py`` / ``python -m cl_platform.cli.scheduler``
 
 ``cl-pretrain`` / ``jobs/pretrain_base.py`` belongs to the suite it pre-trains for
-(:mod:`cl_platform.suites.digits.pretrain_cli`).
+(``cl_platform/suites/<suite>/pretrain_cli.py``).
 """

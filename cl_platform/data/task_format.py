@@ -67,7 +67,7 @@ from cl_platform.store import Store, as_store, check_path
 SCHEMA_VERSION = 1
 #: Versions :func:`read_task` accepts.
 SUPPORTED_SCHEMA_VERSIONS = (1,)
-#: Task and stream names: lower-case letters, digits, ``_`` and ``-``; 1 to 64 characters.
+#: Task and stream names: lower-case letters, numbers, ``_`` and ``-``; 1 to 64 characters.
 NAME_PATTERN = r"[a-z0-9][a-z0-9_-]{0,63}"
 _NAME_RE = re.compile(NAME_PATTERN)
 
@@ -157,7 +157,7 @@ class Task:
 
     @property
     def spec_id(self) -> str:
-        """The modality spec the token ids belong to (``"anole"``, ``"digits-v1"``)."""
+        """The modality spec the token ids belong to (e.g. ``"anole"``)."""
         return self.manifest["spec_id"]
 
 
@@ -191,7 +191,7 @@ def validate_name(name: Any, *, kind: str = "task") -> str:
         raise TaskValidationError(repr(name), None, f"invalid name: must be a str matching {NAME_PATTERN}, got {type(name).__name__}", kind=kind)
     if not _NAME_RE.fullmatch(name):
         raise TaskValidationError(
-            name, None, f"invalid name: must match {NAME_PATTERN} (lower-case letters, digits, '_' and '-'; 1-64 chars)", kind=kind
+            name, None, f"invalid name: must match {NAME_PATTERN} (lower-case letters, numbers, '_' and '-'; 1-64 chars)", kind=kind
         )
     return name
 

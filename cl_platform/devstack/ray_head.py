@@ -244,9 +244,9 @@ def store_url() -> str:
 
 
 def submit_command(state: HeadState, store: str) -> str:
-    """The ``ray job submit`` of a quick digits sequence on this head, writing into ``store``."""
+    """The ``ray job submit`` of a quick sequence of the default suite on this head, writing into ``store``."""
     return (f"RAY_ADDRESS={state.dashboard_url} ray job submit --working-dir . -- "
-            f"python jobs/sequence.py --store {store} --suite digits --quick")
+            f"python jobs/sequence.py --store {store} --quick")
 
 
 def write_env_file(state: HeadState) -> None:

@@ -96,9 +96,9 @@ def bucket_and_prefix() -> tuple[str, str]:
     bucket = os.environ.get("S3_LOCAL_BUCKET") or DEFAULT_BUCKET
     prefix = (os.environ.get("S3_LOCAL_PREFIX", DEFAULT_PREFIX) or "").strip("/")
     if not _BUCKET_RE.fullmatch(bucket):
-        raise Fail(f"S3_LOCAL_BUCKET={bucket!r} is not a valid bucket name (lower case letters, digits, '.', '-')")
+        raise Fail(f"S3_LOCAL_BUCKET={bucket!r} is not a valid bucket name (lower case letters, numbers, '.', '-')")
     if prefix and not all(re.fullmatch(r"[A-Za-z0-9._-]+", p) and p not in (".", "..") for p in prefix.split("/")):
-        raise Fail(f"S3_LOCAL_PREFIX={prefix!r}: use '/'-separated names of letters, digits, '.', '_', '-'")
+        raise Fail(f"S3_LOCAL_PREFIX={prefix!r}: use '/'-separated names of letters, numbers, '.', '_', '-'")
     return bucket, prefix
 
 

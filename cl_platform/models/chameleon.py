@@ -38,12 +38,12 @@ from transformers.models.chameleon.modeling_chameleon import ChameleonImageVocab
 
 from cl_platform.models.modality import ModalitySpec
 
-#: Prefix of upstream Chameleon's image-code token names (``IMGIMG`` + digits written as letters + ``Z``).
+#: Prefix of upstream Chameleon's image-code token names (``IMGIMG`` + the code's decimal places written as letters + ``Z``).
 UPSTREAM_IMAGE_PREFIX = "IMGIMG"
 
 
 def chameleon_image_token_name(code: int) -> str:
-    """Upstream Chameleon's vocabulary name of VQ code ``code``: ``IMGIMG`` + digits as ``A``..``J`` + ``Z``.
+    """Upstream Chameleon's vocabulary name of VQ code ``code``: ``IMGIMG`` + decimal places as ``A``..``J`` + ``Z``.
 
     The inverse of the decoding in ``ChameleonImageVocabularyMapping.bpe2img`` (``A`` -> 0, ...,
     ``J`` -> 9, last character dropped): code 0 is ``IMGIMGAZ``, code 127 is ``IMGIMGBCHZ``.
@@ -233,7 +233,7 @@ class ImageTokenConstraint(LogitsProcessor):
 
     Args:
         spec: the vocabulary layout (image code range, ``<boi>``, ``<eoi>``).
-        num_codes: codes per image (64 for 8x8 digits, 1024 for Chameleon's 512px images).
+        num_codes: codes per image (64 for an 8x8 image, 1024 for Chameleon's 512px images).
         prompt_length: length of the (equal-length or left-padded) prompts; tokens before it are
             never counted as generated. Needed only with ``start_image``/``end_after_image``.
         start_image: force ``<boi>`` as the first generated token.

@@ -48,7 +48,7 @@ class ModalitySpec:
     """Token layout of a unified model's vocabulary.
 
     Attributes:
-        spec_id: short name stored in task manifests (``"digits-v1"``, ``"anole"``).
+        spec_id: short name stored in task manifests (e.g. ``"anole"``).
         vocab_size: number of token ids; every id in a task must be below it.
         image_code_range: ``[lo, hi)`` of the image content codes (what an image tokenizer emits).
         boi_id: begin-of-image marker.

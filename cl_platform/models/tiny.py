@@ -9,8 +9,8 @@ The spec's ids go into the config: ``pad_token_id``/``bos_token_id``/``eos_token
 plus ``boi_token_id``, ``eoi_token_id``, ``sep_token_id`` and the whole spec as ``modality_spec``
 (a dict, see :meth:`ModalitySpec.to_dict`), so a saved model says which ids are image tokens.
 
-Chameleon's VQ image encoder is part of the architecture but unused here (digits are tokenised by
-the benchmark's own image tokeniser); it is built as small as the architecture allows and frozen.
+Chameleon's VQ image encoder is part of the architecture but unused here (a benchmark with its own
+image tokeniser tokenises its images); it is built as small as the architecture allows and frozen.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from cl_platform.models.modality import ModalitySpec
 MLP_MODULE_NAMES: tuple[str, ...] = ("gate_proj", "up_proj", "down_proj")
 
 #: Smallest VQ-VAE the Chameleon architecture builds (GroupNorm needs 32 channels); ~60k
-#: parameters that the digits benchmark never uses (it has its own image tokeniser).
+#: parameters that a benchmark with its own image tokeniser never uses (it has its own image tokeniser).
 TINY_VQ_CONFIG: dict = {
     "embed_dim": 4,
     "num_embeddings": 8,

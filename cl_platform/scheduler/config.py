@@ -72,7 +72,7 @@ class LineageSettings:
         retry_max_seconds: cap of the backoff.
         hook_every: policy hook: after every K learned tasks run ``hook_command`` (0: never).
         hook_command: the hook, e.g. a sweep: ``python sweeps/sweep.py --config
-            sweeps/digits_quick.yaml --store {store} --name {lineage}-sweep-{n}``; placeholders ``{store}``, ``{lineage}``, ``{run}``
+            sweeps/<name>.yaml --store {store} --name {lineage}-sweep-{n}``; placeholders ``{store}``, ``{lineage}``, ``{run}``
             (the latest learned run), ``{tasks}`` (learned tasks, comma-separated), ``{n}``.
             It runs beside the lineage (a Ray job with ``--ray-address``, else a detached process)
             and does not block the next round.

@@ -1,7 +1,7 @@
 """The lineage lease: only one scheduler acts on a lineage at a time.
 
-Layout: ``<store>/lineages/<name>/lease/<generation>.json`` (generation zero-padded to 12
-digits). The holder of the highest generation holds the lease while its ``expires_at`` is in the
+Layout: ``<store>/lineages/<name>/lease/<generation>.json`` (generation zero-padded to a
+width of 12). The holder of the highest generation holds the lease while its ``expires_at`` is in the
 future and it has not released it. Every object is created with a conditional write
 (:meth:`Store.write_bytes_if_absent`: ``If-None-Match: *`` on S3, a hard link on file://), so
 when a lease expires and several schedulers try to take it over, exactly one creates the next

@@ -97,13 +97,13 @@ class LedgerConflictError(LedgerError):
 def validate_run_name(name: Any) -> str:
     """Return ``name`` if it is a valid run name (same rule as task names), else raise.
 
-    The rule is ``[a-z0-9][a-z0-9_-]{0,63}``: lower-case letters, digits, ``_`` and ``-``,
+    The rule is ``[a-z0-9][a-z0-9_-]{0,63}``: lower-case letters, numbers, ``_`` and ``-``,
     1 to 64 characters, first one a letter or digit. Raises :class:`LedgerError` naming the input.
     """
     if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise LedgerError(
             f"invalid run name {name!r}: must match {NAME_PATTERN} "
-            "(lower-case letters, digits, '_' and '-'; 1-64 characters)"
+            "(lower-case letters, numbers, '_' and '-'; 1-64 characters)"
         )
     return name
 
