@@ -24,6 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Ray cluster address (default: RAY_ADDRESS, set by `ray job submit`, else an embedded Ray)")
     p.add_argument("--stop-after", type=int, default=None, metavar="N",
                    help="stop (resumably, like Ctrl-C) once N trials have finished in this call")
+    p.add_argument("--tune-dir", default=None, metavar="DIR",
+                   help="local directory of Tune's state and TensorBoard logs, on the machine running this "
+                   "command (never the store): DIR/<store hash>/<name>/ (default ~/.cache/cl_platform/tune)")
     return p
 
 
@@ -49,7 +52,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from cl_platform.sweeps.runner import run_sweep
 
         outcome = run_sweep(spec, store=args.store, resume=args.resume, ray_address=args.ray_address,
-                            stop_after=args.stop_after)
+                            stop_after=args.stop_after, tune_dir=args.tune_dir)
     except ValueError as exc:  # SweepConfigError, TaskValidationError, InsufficientResourcesError, ...
         print(f"error: {exc}", file=sys.stderr)
         return 2

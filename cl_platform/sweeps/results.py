@@ -15,7 +15,9 @@ Files (all rewritten at the end of every sweep call, resumed ones included):
   completed trials, whatever the objectives, with the default configuration's point.
 - ``pareto.png``: accuracy against generation drop, one point per trial (early-stopped trials
   faded at their last round), the front highlighted, the MoDE default marked.
-- ``summary.md``: the sweep, its space, the best configuration(s), every trial.
+- ``summary.md``: the sweep, its space, the best configuration(s), every trial, and where Tune's
+  state and TensorBoard logs are: a directory of the machine that ran the sweep driver, never the
+  store (:mod:`cl_platform.sweeps.runner`).
 
 Per-round metrics are read from the trials' run ledgers (the authoritative record; a restarted
 trial does not duplicate rounds), and aggregated exactly as the trials report them to Tune.
@@ -181,8 +183,11 @@ def _cell(x: Any) -> str:
 
 
 def write_sweep_results(store: Store, prefix: str, spec: SweepSpec, rows: Sequence[Mapping[str, Any]], *,
-                        seconds: float, teacher_cache: Optional[str] = None) -> dict[str, str]:
-    """Write every result file (module docstring); returns name -> store path."""
+                        seconds: float, teacher_cache: Optional[str] = None,
+                        tune: Optional[Mapping[str, str]] = None) -> dict[str, str]:
+    """Write every result file (module docstring); returns name -> store path.
+
+    ``tune``: ``{"host", "dir"}`` of the local Tune directory, named in ``summary.md``."""
     paths = {k: f"{prefix}/{v}" for k, v in _FILES.items()}
     objectives = [tuple(o) for o in spec.search.objectives]
     default = next((r for r in rows if r["is_default"]), None)
@@ -204,7 +209,7 @@ def write_sweep_results(store: Store, prefix: str, spec: SweepSpec, rows: Sequen
                    for r in rows]}))
     store.write_bytes(paths["plot"], pareto_png(rows, front, spec))
     store.write_bytes(paths["summary"], summary_markdown(spec, rows, best, front, seconds=seconds,
-                                                         teacher_cache=teacher_cache).encode())
+                                                         teacher_cache=teacher_cache, tune=tune).encode())
     return paths
 
 
@@ -288,7 +293,8 @@ def _trial_table(rows: Sequence[Mapping[str, Any]], params: Sequence[str], *, ma
 
 
 def summary_markdown(spec: SweepSpec, rows: Sequence[Mapping[str, Any]], best: Sequence[Mapping[str, Any]],
-                     front: Sequence[Mapping[str, Any]], *, seconds: float, teacher_cache: Optional[str]) -> str:
+                     front: Sequence[Mapping[str, Any]], *, seconds: float, teacher_cache: Optional[str],
+                     tune: Optional[Mapping[str, str]] = None) -> str:
     """The sweep's ``summary.md``."""
     params = [d.name for d in spec.space] + (["order"] if any("order" in r["params"] for r in rows) else [])
     counts = {s: sum(r["state"] == s for r in rows) for s in ("completed", "stopped", "error", "unfinished")}
@@ -337,8 +343,9 @@ def summary_markdown(spec: SweepSpec, rows: Sequence[Mapping[str, Any]], best: S
               "## Every trial", ""]
     lines += _trial_table(rows, params, markdown=True)
     lines += ["", "Files: `trials.csv` and `trials.json` (every trial, per-round metrics), `best.json`, "
-              "`pareto.json`, `pareto.png`; Tune's state and TensorBoard logs in `tune/` "
-              "(`tensorboard --logdir tune`); each trial's runs under `runs/<sweep>-<trial id>...`.", ""]
+              "`pareto.json`, `pareto.png`; each trial's runs under `runs/<sweep>-<trial id>...`. Tune's state "
+              "and TensorBoard logs stay on the machine that ran the sweep, not in the store"
+              + (f": `{tune['dir']}` on `{tune['host']}` (`tensorboard --logdir {tune['dir']}`)." if tune else "."), ""]
     return "\n".join(lines)
 
 

@@ -10,16 +10,31 @@
 
 then runs the trials (:func:`cl_platform.sweeps.trial.sweep_trial`) under ``OptunaSearch`` (TPE;
 single- or multi-objective) and ASHA on rounds, and writes ``<store>/sweeps/<name>/``
-(:mod:`cl_platform.sweeps.results`). Tune's own state, per-trial logs and TensorBoard event files
-live in ``<store>/sweeps/<name>/tune/``; ``resume=True`` restores it (with the Optuna searcher's
-state) and runs only the trials that had not finished.
+(:mod:`cl_platform.sweeps.results`).
+
+Tune's own state (``tuner.pkl``, the experiment state, the Optuna searcher's state, per-trial logs
+and TensorBoard event files) lives in a local directory of the machine that runs the sweep driver,
+:func:`tune_experiment_dir`: ``~/.cache/cl_platform/tune/<sha256 of the store URL>/<name>/``, or
+``<tune_dir>/...`` (``--tune-dir``). Never in the store: that state is pickles, and the store is a
+shared bucket that anyone who may write tasks can write, so restoring Tune from it would run
+whatever code a planted ``tuner.pkl`` names; and Tune pickles its ``storage_filesystem``, an S3
+filesystem with the store's keys, into that state. ``resume=True`` restores from the local
+directory only (with the Optuna searcher's state) and runs only the trials that had not finished:
+a job retry on the same head resumes. On another machine there is no Tune state to restore, and
+Tune cannot re-attach new trials to the old trials' runs (a trial's run is named after its Tune
+trial id), so a resume there is refused with an error that names the machine and directory that
+hold the state (resume there, or pass ``--tune-dir`` to a copy of it); the finished trials' runs
+and ledgers stay in the store. A ``tune/`` directory that older versions kept in
+``<store>/sweeps/<name>/`` is never read.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import signal
+import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
@@ -30,8 +45,10 @@ from cl_platform.store import Store
 from cl_platform.sweeps.cleanup import release_orphaned_worker_groups
 from cl_platform.sweeps.space import SweepSpec, default_point
 
-#: Tune's experiment directory name inside ``<store>/sweeps/<name>/``.
+#: Where Tune's state of older versions sits inside ``<store>/sweeps/<name>/`` (never read).
 TUNE_DIR = "tune"
+#: The default root of the local Tune directories (:func:`tune_experiment_dir`).
+DEFAULT_TUNE_ROOT = os.path.join("~", ".cache", "cl_platform", "tune")
 #: CPUs the Tune function of a trial reserves (it only drives the TorchTrainer).
 TRIAL_FUNCTION_CPUS = 0.01
 #: CPUs that must stay free besides the trials' reservations: Ray Data's read / map tasks each ask
@@ -46,6 +63,36 @@ class SweepExistsError(ValueError):
 
 class SweepChangedError(ValueError):
     """``--resume`` with a sweep file whose space, orders or settings differ from the original's."""
+
+
+class SweepStateElsewhereError(ValueError):
+    """``--resume`` of a sweep whose Tune state is on another machine (or in another ``--tune-dir``)."""
+
+
+def tune_experiment_dir(store_url: str, name: str, tune_dir: Optional[str] = None) -> str:
+    """The local directory of a sweep's Tune state: ``<root>/<sha256(store URL)[:16]>/<name>``.
+
+    ``root`` is ``tune_dir`` (``--tune-dir``), by default ``~/.cache/cl_platform/tune``; the store's
+    hash keeps sweeps of the same name in different stores apart.
+    """
+    root = os.path.abspath(os.path.expanduser(tune_dir or DEFAULT_TUNE_ROOT))
+    return os.path.join(root, hashlib.sha256(store_url.encode("utf-8")).hexdigest()[:16], name)
+
+
+def _tune_record(experiment: str) -> dict[str, str]:
+    """Where this call keeps the Tune state (``sweep.json``'s ``tune``; for people and for the error
+    of a resume elsewhere: it is never used as a path)."""
+    return {"host": socket.gethostname(), "dir": experiment}
+
+
+def _resume_elsewhere(name: str, recorded: Optional[dict], experiment: str) -> SweepStateElsewhereError:
+    where = (f"it was written to {recorded.get('dir')!r} on host {recorded.get('host')!r}" if recorded else
+             f"the store holds only the `{TUNE_DIR}/` directory of an older version, which is never read")
+    return SweepStateElsewhereError(
+        f"sweep {name!r} cannot be resumed here: its Tune state is not in {experiment} on {socket.gethostname()}; "
+        f"{where}. Tune's state holds pickles, so it stays on the machine that wrote it and is never read from "
+        "the store. Resume on that machine, or pass --tune-dir DIR where DIR/<store hash>/<sweep> is a copy of "
+        "that directory, or give the sweep another `name` (the finished trials' runs stay in the store)")
 
 
 def _check_same_spec(spec: SweepSpec, recorded: dict) -> None:
@@ -300,6 +347,7 @@ def run_sweep(
     resume: bool = False,
     ray_address: Optional[str] = None,
     stop_after: Optional[int] = None,
+    tune_dir: Optional[str] = None,
     log: Callable[[str], None] = print,
 ) -> SweepOutcome:
     """Run (or with ``resume`` continue) the sweep ``spec``; see the module docstring.
@@ -310,11 +358,14 @@ def run_sweep(
         resume: continue an interrupted sweep from its Tune state (finished trials are kept).
         ray_address: Ray cluster to use (default ``RAY_ADDRESS``, else an embedded local Ray).
         stop_after: stop, resumably, once this many trials have finished in this call.
+        tune_dir: root of the local directory of Tune's state (:func:`tune_experiment_dir`).
         log: progress sink.
 
     Raises:
         SweepExistsError: a fresh start over existing state (``resume`` of nothing starts the sweep).
         SweepChangedError: ``resume`` with a changed sweep file.
+        SweepStateElsewhereError: ``resume`` of a sweep whose Tune state is not in this machine's
+            directory (see the module docstring).
         InsufficientResourcesError: the trials' workers cannot fit the cluster.
         TaskValidationError, ValueError: a bad task, model or stream (named).
     """
@@ -329,16 +380,26 @@ def run_sweep(
     t0 = time.time()
     st = Store(store or spec.store)
     prefix = sweep_prefix(spec.name)
-    tune_path = f"{prefix}/{TUNE_DIR}"
-    has_state = st.exists(f"{tune_path}/tuner.pkl")
-    if resume and not has_state:  # like a run's ledger: --resume of nothing starts it (safe for job retries)
-        log(f"[sweep] {spec.name}: no earlier state at {st.uri(tune_path)}; starting it")
+    experiment = tune_experiment_dir(st.url, spec.name, tune_dir)
+    has_state = os.path.isfile(os.path.join(experiment, "tuner.pkl"))  # local: written by this machine's Tune
+    # sweep.json is written once Tune's state exists (below): with it, the sweep has trials somewhere
+    recorded = st.read_json(f"{prefix}/sweep.json") if st.exists(f"{prefix}/sweep.json") else None
+    legacy = st.exists(f"{prefix}/{TUNE_DIR}")
+    if legacy:
+        log(f"[sweep] ignoring {st.uri(f'{prefix}/{TUNE_DIR}')}: Tune state of an older version kept in the store; "
+            "it holds pickles and is never read")
+    if resume and not has_state:
+        if recorded is not None or legacy:
+            raise _resume_elsewhere(spec.name, (recorded or {}).get("tune"), experiment)
+        # like a run's ledger: --resume of nothing starts it (safe for job retries)
+        log(f"[sweep] {spec.name}: no earlier Tune state in {experiment}; starting it")
         resume = False
-    if not resume and st.exists(tune_path):
-        raise SweepExistsError(f"sweep {spec.name!r} already has results at {st.uri(prefix)}; pass --resume to "
-                               "continue it, or choose another `name`")
-    if resume and st.exists(f"{prefix}/sweep.json"):
-        _check_same_spec(spec, st.read_json(f"{prefix}/sweep.json").get("spec", {}))
+    if not resume and (has_state or recorded is not None or legacy):
+        raise SweepExistsError(f"sweep {spec.name!r} already has results at {st.uri(prefix)}"
+                               + (f" and Tune state in {experiment}" if has_state else "")
+                               + "; pass --resume to continue it, or choose another `name`")
+    if resume and recorded is not None:
+        _check_same_spec(spec, recorded.get("spec", {}))
     log(f"[sweep] {spec.name}: {spec.search.num_samples} trials of {spec.method} over {spec.num_rounds} tasks "
         f"({', '.join(spec.tasks)}), {len(spec.orders.orders)} order(s) {spec.orders.per_trial}; objectives "
         + ", ".join(f"{m} ({mode})" for m, mode in spec.search.objectives) + f"; store {st.uri()}")
@@ -354,7 +415,6 @@ def run_sweep(
             cache = ensure_teacher_cache(st, inputs.model_uri, inputs.kd_stream, ms, k=min(mc.kd_top_k, ms.vocab_size),
                                          temperature=mc.kd_temperature, log=lambda m: log(f"[sweep] {m}"))
         plan = build_plan(spec, inputs, cache)
-        st.write_json(f"{prefix}/sweep.json", {"spec": spec.to_dict(), "plan": plan.to_dict()})
 
         _SESSION.log, _SESSION.stop_after, _SESSION.num_rounds = log, stop_after, spec.num_rounds
         _SESSION.total, _SESSION.started = spec.search.num_samples, time.time()
@@ -362,13 +422,11 @@ def run_sweep(
         progress = SweepProgress()
         trainable = tune.with_resources(tune.with_parameters(sweep_trial, plan=plan.to_dict()),
                                         {"cpu": TRIAL_FUNCTION_CPUS})
-        fs, root = st.pyarrow_filesystem()
-        fs = None if st.is_local else fs
-        experiment = f"{root.rstrip('/')}/{tune_path}"
+        # Tune's state on this machine only, no storage_filesystem (it would be pickled with the
+        # store's keys): see the module docstring
         if resume:
-            log(f"[sweep] resuming from {st.uri(tune_path)} (finished trials are kept; unfinished ones run again)")
-            tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True,
-                                       restart_errored=True, storage_filesystem=fs)
+            log(f"[sweep] resuming from {experiment} (finished trials are kept; unfinished ones run again)")
+            tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, restart_errored=True)
         else:
             tuner = tune.Tuner(
                 trainable,
@@ -377,20 +435,23 @@ def run_sweep(
                                             num_samples=spec.search.num_samples,
                                             max_concurrent_trials=spec.search.max_concurrent_trials,
                                             reuse_actors=False),
-                run_config=tune.RunConfig(name=TUNE_DIR, storage_path=f"{root.rstrip('/')}/{prefix}",
-                                          storage_filesystem=fs, callbacks=[progress], verbose=0,
+                run_config=tune.RunConfig(name=os.path.basename(experiment), storage_path=os.path.dirname(experiment),
+                                          callbacks=[progress], verbose=0,
                                           failure_config=tune.FailureConfig(max_failures=0)),
             )
+        st.write_json(f"{prefix}/sweep.json", {"spec": spec.to_dict(), "plan": plan.to_dict(),
+                                               "tune": _tune_record(experiment)})
         grid = tuner.fit()
         trials = _trials_of(grid, tuner)
         rows = R.collect_trials(st, spec, plan, trials, finished=_SESSION.finished)
-        files = R.write_sweep_results(st, prefix, spec, rows, seconds=time.time() - t0, teacher_cache=cache)
+        files = R.write_sweep_results(st, prefix, spec, rows, seconds=time.time() - t0, teacher_cache=cache,
+                                      tune=_tune_record(experiment))
         interrupted = any(r["state"] == "unfinished" for r in rows) or len(rows) < spec.search.num_samples
         log("")
         log(R.format_summary(spec, rows, st.uri(prefix)))
         log(f"[sweep] {'interrupted' if interrupted else 'done'} in {time.time() - t0:.0f}s; results in "
             f"{st.uri(prefix)}" + ("; continue with --resume" if interrupted else ""))
-        log(f"[sweep] TensorBoard: tensorboard --logdir {st.uri(tune_path)}")
+        log(f"[sweep] Tune state and TensorBoard logs (on this machine): tensorboard --logdir {experiment}")
         return SweepOutcome(name=spec.name, uri=st.uri(prefix), trials=rows, files=files, interrupted=interrupted,
                             seconds=time.time() - t0, teacher_cache=cache)
     finally:
@@ -405,5 +466,5 @@ def _trials_of(grid, tuner) -> list:
     analysis = getattr(grid, "_experiment_analysis", None)
     trials = list(getattr(analysis, "trials", None) or [])
     if not trials:
-        raise RuntimeError("Tune returned no trials; see the Tune logs under the sweep's tune/ directory")
+        raise RuntimeError("Tune returned no trials; see the Tune logs in the sweep's local Tune directory")
     return trials

@@ -8,7 +8,9 @@ import pytest
 from cl_platform.data import read_manifest, read_stream, read_task
 from cl_platform.store import Store
 from cl_platform.suites.digits import vocab as V
-from cl_platform.suites.digits.publish import SuiteConflictError, load_judge, read_suite_info, write_suite
+from cl_platform.suites.digits.publish import (
+    JUDGE_FILE, JUDGE_JSON, LEGACY_JUDGE_PKL, SuiteConflictError, load_judge, read_suite_info, write_suite,
+)
 from cl_platform.suites.digits.tasks import TASK_ORDER, build_suite
 
 
@@ -33,6 +35,9 @@ def test_write_then_skip(store_url, suite0, tmp_path):
     info = read_suite_info(store)
     assert info == desc and info["task_order"] == list(TASK_ORDER) and info["judge"]["accuracy"] >= 0.95
     assert info["sizes"]["split"]["pretrain"] == 1247
+    assert info["artifacts"]["judge"] == JUDGE_FILE == "suites/digits/judge.safetensors"
+    assert not store.exists(LEGACY_JUDGE_PKL)
+    assert store.read_json(JUDGE_JSON)["settings"]["gamma"] > 0
     judge = load_judge(store)
     images = V.decode_images(np.array([t[-67:-1] for t in suite0.streams["probe"].column("tokens").to_pylist()]))
     assert judge.score(images, suite0.streams["probe"].column("label").to_numpy()) >= 0.95
@@ -77,3 +82,23 @@ def test_cli(tmp_path, capsys):
     assert '"task_order_names"' in out and "write  tasks/pair" in out
     assert main(["--store", str(tmp_path / "s"), "--seed", "2"]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_a_store_of_an_older_version_gets_the_new_judge(tmp_path, suite0):
+    """An older store holds judge.pkl (and a judge.json about it): the pickle counts as absent, a
+    safetensors judge is written next to it and suite.json points at that one."""
+    store = Store(f"file://{tmp_path}/store")
+    write_suite(store, 0, suite=suite0, log=lambda _: None)
+    old_info = store.read_json(JUDGE_JSON)
+    store.delete(JUDGE_FILE)
+    store.write_bytes(LEGACY_JUDGE_PKL, b"\x80\x05not read")
+    store.write_json(JUDGE_JSON, {"class": "DigitsJudge", "seed": 0, "sha256": "0" * 64, "report": old_info["report"]})
+    with pytest.raises(FileNotFoundError, match="judge.pkl, a pickled judge of an older version, which is never loaded"):
+        load_judge(store)
+    lines: list[str] = []
+    write_suite(store, 0, suite=suite0, log=lines.append)
+    assert f"ignore {LEGACY_JUDGE_PKL} (a pickled judge of an older version: never loaded)" in lines
+    assert any(line.startswith(f"write  {JUDGE_FILE}") for line in lines)
+    assert store.read_json(JUDGE_JSON)["sha256"] == old_info["sha256"]  # the same judge as a fresh write
+    assert read_suite_info(store)["artifacts"]["judge"] == JUDGE_FILE
+    load_judge(store)

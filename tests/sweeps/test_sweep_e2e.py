@@ -1,4 +1,8 @@
-"""Sweeps end to end on the digits store: a tiny sweep's result files, and resume of an interrupted one."""
+"""Sweeps end to end on the digits store: a tiny sweep's result files, and resume of an interrupted one.
+
+Every call passes ``--tune-dir`` under the test's tmp_path: Tune's state lives on the machine that
+runs the sweep (by default under ~/.cache), never in the store.
+"""
 
 import csv
 import io
@@ -7,11 +11,15 @@ import os
 import subprocess
 import sys
 
+import pickle
+
 import pytest
 import yaml
 
 from cl_platform.store import Store
+from cl_platform.sweeps.runner import tune_experiment_dir
 from cl_platform.train.ledger import Ledger
+from tests.security.payload import Payload
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SWEEP = os.path.join(ROOT, "sweeps", "sweep.py")
@@ -33,11 +41,11 @@ def tiny_sweep(tmp_path, name, num_samples, **search):
     return str(path)
 
 
-def run_sweep(*args, timeout=600):
+def run_sweep(*args, tune_dir, timeout=600):
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
-    return subprocess.run([sys.executable, SWEEP, *args], capture_output=True, text=True, cwd=ROOT, env=env,
-                          timeout=timeout)
+    return subprocess.run([sys.executable, SWEEP, *args, "--tune-dir", str(tune_dir)], capture_output=True, text=True,
+                          cwd=ROOT, env=env, timeout=timeout)
 
 
 def trials(store, name):
@@ -47,7 +55,7 @@ def trials(store, name):
 def test_bad_sweep_file_is_a_clear_error(tmp_path, fresh_digits_store):
     path = tmp_path / "bad.yaml"
     path.write_text("name: bad\nspace:\n  r_text: {type: choice, values: [0, 8]}\n")
-    proc = run_sweep("--config", str(path), "--store", fresh_digits_store, timeout=120)
+    proc = run_sweep("--config", str(path), "--store", fresh_digits_store, tune_dir=tmp_path / "tune", timeout=120)
     assert proc.returncode == 2
     assert f"{path}: space.r_text.values: r_text must be >= 1, got 0" in proc.stderr
     assert not Store(fresh_digits_store).exists("sweeps/bad")
@@ -55,16 +63,18 @@ def test_bad_sweep_file_is_a_clear_error(tmp_path, fresh_digits_store):
 
 def test_too_many_concurrent_trials_is_an_immediate_clear_error(tmp_path, fresh_digits_store):
     cfg = tiny_sweep(tmp_path, "toomany", 2, max_concurrent_trials=16)
-    proc = run_sweep("--config", cfg, "--store", fresh_digits_store, timeout=180)
+    proc = run_sweep("--config", cfg, "--store", fresh_digits_store, tune_dir=tmp_path / "tune", timeout=180)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "search.max_concurrent_trials 16" in proc.stderr and "CPU" in proc.stderr
-    assert not Store(fresh_digits_store).exists("sweeps/toomany/tune")
+    assert not Store(fresh_digits_store).exists("sweeps/toomany")
+    assert not (tmp_path / "tune").exists()
 
 
 @pytest.mark.slow
 def test_sweep_stopped_and_resumed_runs_only_unfinished_trials_and_writes_every_output(tmp_path, fresh_digits_store):
     cfg = tiny_sweep(tmp_path, "tiny", 2)
-    first = run_sweep("--config", cfg, "--store", fresh_digits_store, "--stop-after", "1")
+    tune_dir = tmp_path / "tune"
+    first = run_sweep("--config", cfg, "--store", fresh_digits_store, "--stop-after", "1", tune_dir=tune_dir)
     assert first.returncode == 130, first.stdout[-3000:] + first.stderr[-5000:]
     assert "[sweep] trial 1/2" in first.stdout and "round 1/1" in first.stdout
     store = Store(fresh_digits_store)
@@ -74,12 +84,23 @@ def test_sweep_stopped_and_resumed_runs_only_unfinished_trials_and_writes_every_
     assert len(before) < 2 or any(r["state"] == "unfinished" for r in before.values())
     ledger_before = {t: store.read_bytes(f"runs/{before[t]['runs'][0]}/ledger.json") for t in done_first}
     # a second start of the same sweep without --resume is refused
-    again = run_sweep("--config", cfg, "--store", fresh_digits_store, timeout=180)
+    again = run_sweep("--config", cfg, "--store", fresh_digits_store, tune_dir=tune_dir, timeout=180)
     assert again.returncode == 2 and "pass --resume" in again.stderr
+    # Tune's state is in the local directory only; a resume from another --tune-dir (another machine) is refused
+    experiment = tune_experiment_dir(store.url, "tiny", str(tune_dir))
+    assert os.path.isfile(os.path.join(experiment, "tuner.pkl")) and not store.exists("sweeps/tiny/tune")
+    assert store.read_json("sweeps/tiny/sweep.json")["tune"]["dir"] == experiment
+    elsewhere = run_sweep("--config", cfg, "--store", fresh_digits_store, "--resume", tune_dir=tmp_path / "other",
+                          timeout=180)
+    assert elsewhere.returncode == 2 and f"it was written to {experiment!r}" in elsewhere.stderr
+    # a tuner.pkl planted where older versions kept Tune's state is never read by the resume
+    marker = tmp_path / "tune-ran"
+    store.write_bytes("sweeps/tiny/tune/tuner.pkl", pickle.dumps(Payload(marker)))
 
-    second = run_sweep("--config", cfg, "--store", fresh_digits_store, "--resume")
+    second = run_sweep("--config", cfg, "--store", fresh_digits_store, "--resume", tune_dir=tune_dir)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-5000:]
-    assert "resuming from" in second.stdout and "Pareto set" in second.stdout
+    assert f"resuming from {experiment}" in second.stdout and "Pareto set" in second.stdout
+    assert "ignoring " + store.uri("sweeps/tiny/tune") in second.stdout and not marker.exists()
     rows = trials(store, "tiny")
     after = {r["trial_id"]: r for r in rows}
     assert len(after) == 2 and all(r["state"] == "completed" for r in after.values())
@@ -102,10 +123,13 @@ def test_sweep_stopped_and_resumed_runs_only_unfinished_trials_and_writes_every_
     best = store.read_json("sweeps/tiny/best.json")
     assert best["kind"] == "pareto_set" and best["best"]
     assert store.read_bytes("sweeps/tiny/pareto.png")[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "Sweep `tiny`" in store.read_bytes("sweeps/tiny/summary.md").decode()
-    # the teacher cache was computed once for the whole sweep; TensorBoard event files per trial
+    summary = store.read_bytes("sweeps/tiny/summary.md").decode()
+    assert "Sweep `tiny`" in summary and f"tensorboard --logdir {experiment}" in summary
+    # the teacher cache was computed once for the whole sweep; TensorBoard event files per trial, locally
     assert len(store.walk("cache/teacher")) == 1
-    assert len([p for p in store.walk("sweeps/tiny/tune") if "events.out.tfevents" in p]) >= 2
+    events = [os.path.join(d, f) for d, _, files in os.walk(experiment) for f in files if "events.out.tfevents" in f]
+    assert len(events) >= 2
+    assert store.walk("sweeps/tiny/tune") == ["sweeps/tiny/tune/tuner.pkl"]  # only the planted file
 
 
 @pytest.mark.slow
@@ -134,7 +158,7 @@ def test_sweep_under_ray_job_submit(tmp_path, fresh_digits_store, local_infra):
         url = f"http://127.0.0.1:{dash_port}"
         client = JobSubmissionClient(url)
         job = client.submit_job(
-            entrypoint=f"python sweeps/sweep.py --config {cfg} --store {fresh_digits_store}",
+            entrypoint=f"python sweeps/sweep.py --config {cfg} --store {fresh_digits_store} --tune-dir {tmp_path / 'tune'}",
             runtime_env={"working_dir": ROOT, "excludes": [".ray_local", ".cl_store", ".git", ".venv"],
                          "env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}},
         )

@@ -34,11 +34,12 @@ class DigitsJudgeProbe(GenerationProbe):
 
 
 def digits_judge_probe(*, store: Store, spec: ModalitySpec, seed: int, judge: str, per_digit: int) -> DigitsJudgeProbe:
-    """Factory: the judge stored at ``judge`` (a store path) over ``per_digit`` images of each digit."""
+    """Factory: the judge stored at ``judge`` (a store path to a safetensors judge, never a pickle:
+    :func:`~cl_platform.suites.digits.publish.load_judge`) over ``per_digit`` images of each digit."""
     from cl_platform.suites.digits.generation import probe_digits
-    from cl_platform.suites.digits.judge import DigitsJudge
+    from cl_platform.suites.digits.publish import load_judge
 
-    return DigitsJudgeProbe(DigitsJudge.from_bytes(store.read_bytes(judge)), probe_digits(per_digit), seed)
+    return DigitsJudgeProbe(load_judge(store, judge), probe_digits(per_digit), seed)
 
 
 def digits_judge_spec(judge: str, per_digit: int) -> ProbeSpec:

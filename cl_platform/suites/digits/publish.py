@@ -5,14 +5,19 @@ Store layout it produces (``<prefix>`` is empty by default)::
     tasks/<prefix>parity ... tasks/<prefix>pair       the five tasks (task format, docs/architecture.md)
     streams/<prefix>kd, streams/<prefix>probe         the KD stream and the generation probe
     suites/digits/tokenizer/                          tokenizer.json, tokenizer_config.json, special_tokens_map.json
-    suites/digits/judge.pkl                           the pickled DigitsJudge
-    suites/digits/judge.json                          its seed, sha256 and accuracy report
+    suites/digits/judge.safetensors                   the DigitsJudge: arrays + its settings as JSON
+    suites/digits/judge.json                          its seed, sha256, settings and accuracy report
     suites/digits/suite.json                          written last: sizes, task order, names, split
 
 Idempotent: an artifact already present and valid (it validates, and it holds exactly what this
 seed produces) is skipped; one present but different (another seed, an older build) raises
 :class:`SuiteConflictError` unless ``overwrite=True``; an interrupted write (no ``_READY``) is
 replaced. Every dataset manifest's ``meta`` carries a content fingerprint of its tables.
+
+Nothing executable is read back from the store: the judge is numbers
+(:meth:`~cl_platform.suites.digits.judge.ImageJudge.from_bytes`), and ``suites/digits/judge.pkl``, the
+pickled judge older versions wrote, counts as absent: a new judge is written next to it and the
+pickle is never opened (a sha256 beside it in the same bucket would prove nothing).
 """
 
 from __future__ import annotations
@@ -30,8 +35,12 @@ from cl_platform.suites.digits.tasks import DigitsSuite, build_suite
 
 SUITE_DIR = "suites/digits"
 SUITE_JSON = f"{SUITE_DIR}/suite.json"
-JUDGE_PKL = f"{SUITE_DIR}/judge.pkl"
+JUDGE_FILE = f"{SUITE_DIR}/judge.safetensors"
 JUDGE_JSON = f"{SUITE_DIR}/judge.json"
+#: The pickled judge of older versions: never read (see the module docstring).
+LEGACY_JUDGE_PKL = f"{SUITE_DIR}/judge.pkl"
+#: Old name of :data:`JUDGE_FILE`, still imported by ``plugin.py``; it names the safetensors judge.
+JUDGE_PKL = JUDGE_FILE
 TOKENIZER_DIR = f"{SUITE_DIR}/tokenizer"
 
 
@@ -117,27 +126,30 @@ def write_suite(
     # -- judge
     judge_info = _read_json(store, JUDGE_JSON)
     judge_ok = False
-    if judge_info is not None and store.exists(JUDGE_PKL):
-        data = store.read_bytes(JUDGE_PKL)
+    if judge_info is not None and store.exists(JUDGE_FILE):
+        data = store.read_bytes(JUDGE_FILE)
         if judge_info.get("seed") == suite.seed and judge_info.get("sha256") == hashlib.sha256(data).hexdigest():
             try:
                 DigitsJudge.from_bytes(data)
                 judge_ok = True
             except ValueError:
                 pass
+    if store.exists(LEGACY_JUDGE_PKL):
+        log(f"ignore {LEGACY_JUDGE_PKL} (a pickled judge of an older version: never loaded)")
     if judge_ok:
-        log(f"skip   {JUDGE_PKL} (present, seed {suite.seed}, accuracy {judge_info['report']['accuracy']:.3f})")
+        log(f"skip   {JUDGE_FILE} (present, seed {suite.seed}, accuracy {judge_info['report']['accuracy']:.3f})")
     else:
         if judge_info is not None and judge_info.get("seed") not in (None, suite.seed):
-            conflict(JUDGE_PKL)
+            conflict(JUDGE_FILE)
         judge, report = train_digits_judge(suite.seed)
         if report.accuracy < 0.95:
             raise RuntimeError(f"write_suite: the digits judge reached only {report.accuracy:.3f} held-out accuracy (< 0.95)")
         data = judge.to_bytes()
-        store.write_bytes(JUDGE_PKL, data)
-        judge_info = {"class": "DigitsJudge", "seed": suite.seed, "sha256": hashlib.sha256(data).hexdigest(), "report": report.to_dict()}
+        store.write_bytes(JUDGE_FILE, data)
+        judge_info = {"class": "DigitsJudge", "file": JUDGE_FILE, "seed": suite.seed,
+                      "sha256": hashlib.sha256(data).hexdigest(), "settings": judge.settings(), "report": report.to_dict()}
         store.write_json(JUDGE_JSON, judge_info)
-        log(f"write  {JUDGE_PKL} (held-out accuracy {report.accuracy:.3f}, not-a-digit recall {report.not_a_digit_recall:.3f})")
+        log(f"write  {JUDGE_FILE} (held-out accuracy {report.accuracy:.3f}, not-a-digit recall {report.not_a_digit_recall:.3f})")
 
     # -- streams and tasks
     common_meta = {"suite": "digits", "seed": suite.seed}
@@ -179,7 +191,7 @@ def write_suite(
     desc = suite.describe()
     desc["names"] = names
     desc["task_order_names"] = [names["tasks"][t] for t in suite.task_order]
-    desc["artifacts"] = {"tokenizer": TOKENIZER_DIR, "judge": JUDGE_PKL, "judge_info": JUDGE_JSON}
+    desc["artifacts"] = {"tokenizer": TOKENIZER_DIR, "judge": JUDGE_FILE, "judge_info": JUDGE_JSON}
     desc["judge"] = judge_info["report"]
     existing = _read_json(store, SUITE_JSON)
     if existing == desc:
@@ -197,11 +209,27 @@ def read_suite_info(store: Store | str | None) -> dict:
     return as_store(store).read_json(SUITE_JSON)
 
 
-def load_judge(store: Store | str | None, path: str = JUDGE_PKL):
-    """The judge stored by :func:`write_suite` (an :class:`~cl_platform.suites.digits.judge.ImageJudge`)."""
+def load_judge(store: Store | str | None, path: str = JUDGE_FILE):
+    """The judge stored by :func:`write_suite` (an :class:`~cl_platform.suites.digits.judge.ImageJudge`).
+
+    Raises:
+        FileNotFoundError: no judge at ``path`` (a store written by an older version holds only
+            the pickled ``judge.pkl``, which is never loaded).
+        ValueError: the file is not a judge (a pickle among them), naming it.
+    """
     from cl_platform.suites.digits.judge import ImageJudge
 
-    return ImageJudge.from_bytes(as_store(store).read_bytes(path))
+    store = as_store(store)
+    if not store.exists(path):
+        raise FileNotFoundError(
+            f"no digits judge at {store.uri(path)}" + (
+                f" (the store holds only {LEGACY_JUDGE_PKL}, a pickled judge of an older version, which is never "
+                "loaded)" if store.exists(LEGACY_JUDGE_PKL) else "")
+            + f"; write it with: python -m cl_platform.suites.digits --store {store.url}")
+    try:
+        return ImageJudge.from_bytes(store.read_bytes(path))
+    except ValueError as exc:
+        raise ValueError(f"{store.uri(path)}: {exc}") from None
 
 
 def _read_json(store: Store, path: str) -> dict | None:
@@ -236,4 +264,4 @@ def _tokenizer_status(store: Store, files: dict[str, str]) -> str:
 
 
 __all__ = ["write_suite", "read_suite_info", "load_judge", "table_fingerprint", "SuiteConflictError",
-           "SUITE_JSON", "JUDGE_PKL", "JUDGE_JSON", "TOKENIZER_DIR"]
+           "SUITE_JSON", "JUDGE_FILE", "JUDGE_PKL", "LEGACY_JUDGE_PKL", "JUDGE_JSON", "TOKENIZER_DIR"]

@@ -1,0 +1,1 @@
+"""Attacks through the store: helpers of the tests in this folder."""
