@@ -4,7 +4,7 @@
 #   make sweep SWEEP=sweeps/digits_full.yaml [SWEEP_ARGS="--resume --store s3://bucket/prefix"]
 #
 # Results: <store>/sweeps/<name>/ (trials.csv/json, best.json, pareto.json, pareto.png, summary.md);
-# TensorBoard: tensorboard --logdir <store>/sweeps/<name>/tune
+# TensorBoard: tensorboard --logdir ~/.cache/cl_platform/tune/<store hash>/<name> (or --tune-dir; the sweep's summary names it)
 # On the local head (make ray-up): RAY_ADDRESS=http://127.0.0.1:8265 ray job submit --working-dir . -- \
 #   python sweeps/sweep.py --config sweeps/digits_quick.yaml
 

@@ -102,7 +102,7 @@ def test_two_trial_sweep(user, tmp_path):
     }
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(doc))
-    _run("sweep", "--config", str(path), "--store", user["store"], tmp=user["tmp"])
+    _run("sweep", "--config", str(path), "--store", user["store"], "--tune-dir", str(tmp_path / "tune"), tmp=user["tmp"])
     store = Store(user["store"])
     trials = store.read_json("sweeps/user-sweep/trials.json")["trials"]
     assert len(trials) == 2

@@ -31,9 +31,9 @@ class Digits(Suite):
     default_tasks = TASK_ORDER
 
     def prepare(self, store: Store, request: RunRequest, log: Log) -> None:
-        from cl_platform.suites.digits.publish import SUITE_JSON, write_suite
+        from cl_platform.suites.digits.publish import JUDGE_FILE, SUITE_JSON, write_suite
 
-        if not store.exists(SUITE_JSON):
+        if not store.exists(SUITE_JSON) or not store.exists(JUDGE_FILE):  # absent, or from before the judge's file
             log(f"writing the digits suite into {store.uri()}")
             write_suite(store)
 
@@ -57,12 +57,12 @@ class Digits(Suite):
 
     def resolve_probe(self, store: Store, request: RunRequest, spec: ModalitySpec, log: Log) -> Optional[ProbeSpec]:
         from cl_platform.suites.digits.probe import digits_judge_spec
-        from cl_platform.suites.digits.publish import JUDGE_PKL
+        from cl_platform.suites.digits.publish import JUDGE_FILE
 
         if request.probe_stream:
             return image_likelihood_spec(request.probe_stream, request.probe_size)
         per_digit = request.probe_size or (QUICK_PROBE_PER_DIGIT if request.quick else PROBE_PER_DIGIT)
-        return digits_judge_spec(JUDGE_PKL, per_digit)
+        return digits_judge_spec(JUDGE_FILE, per_digit)
 
 
 __all__ = ["Digits", "PROBE_PER_DIGIT", "QUICK_PROBE_PER_DIGIT"]

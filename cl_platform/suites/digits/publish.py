@@ -39,8 +39,6 @@ JUDGE_FILE = f"{SUITE_DIR}/judge.safetensors"
 JUDGE_JSON = f"{SUITE_DIR}/judge.json"
 #: The pickled judge of older versions: never read (see the module docstring).
 LEGACY_JUDGE_PKL = f"{SUITE_DIR}/judge.pkl"
-#: Old name of :data:`JUDGE_FILE`, still imported by ``plugin.py``; it names the safetensors judge.
-JUDGE_PKL = JUDGE_FILE
 TOKENIZER_DIR = f"{SUITE_DIR}/tokenizer"
 
 
