@@ -262,4 +262,4 @@ def _tokenizer_status(store: Store, files: dict[str, str]) -> str:
 
 
 __all__ = ["write_suite", "read_suite_info", "load_judge", "table_fingerprint", "SuiteConflictError",
-           "SUITE_JSON", "JUDGE_FILE", "JUDGE_PKL", "LEGACY_JUDGE_PKL", "JUDGE_JSON", "TOKENIZER_DIR"]
+           "SUITE_JSON", "JUDGE_FILE", "LEGACY_JUDGE_PKL", "JUDGE_JSON", "TOKENIZER_DIR"]
