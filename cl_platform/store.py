@@ -30,6 +30,23 @@ Atomicity (what a concurrent reader can observe):
 - ``put_dir`` writes each file atomically but the directory as a whole is not atomic: write a
   marker (e.g. ``_READY``) after it when readers need the whole directory.
 
+Compare-and-swap (:meth:`Store.read_bytes_versioned` / :meth:`Store.write_bytes_if_match`): a
+*version* names the content of an object as read, and a conditional write replaces the object only
+if it still holds that version (``None``: only if there is no object), else it raises
+:class:`ConflictError` and writes nothing. A version is opaque: on S3 the object's ETag, checked by
+the server with ``If-Match`` (``If-None-Match: *`` for a create) in the one PUT that writes it; on
+``file://`` the SHA-256 of the content, checked and replaced under an exclusive ``flock`` of the
+object itself (the complete new content is then ``os.replace``'d over it, so readers still never
+see a partial object). The lock is held only between the comparison and the rename; the kernel
+drops it when its holder dies, so a crashed writer blocks no one, and a writer waiting for it gives
+up with ``TimeoutError`` after :data:`CAS_LOCK_TIMEOUT` seconds. Equal content is the same
+version on both backends, so a write that puts back bytes an object held before (A-B-A) passes
+for the version of those bytes: callers that must tell such writes apart put a counter in the
+content (the lineage state and the run ledger do). Only writers that use the conditional methods
+are serialised: a plain ``write_bytes`` to the same path still replaces it unconditionally. As with
+``If-None-Match``, an S3-compatible server that ignores ``If-Match`` would overwrite silently;
+such a server is not supported for the lineage state and run ledgers (AWS S3 and moto honour it).
+
 Where the store is (``Store(None)`` / :func:`default_store_url`): the ``CL_STORE`` environment
 variable when set, else ``./.cl_store`` of the current directory. Inside a submitted Ray job
 (``ray job submit``; Ray gives the job's driver ``RAY_JOB_CONFIG_JSON_ENV_VAR``) the current
@@ -49,11 +66,14 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import errno
+import fcntl
+import hashlib
 import json
 import os
 import posixpath
 import shutil
 import tempfile
+import time
 import uuid
 from dataclasses import dataclass
 from typing import IO, Any, Iterator
@@ -79,6 +99,9 @@ TMP_PREFIX = ".cl-tmp-"
 # Objects larger than this are staged on local disk (not in memory) before an S3 upload.
 _S3_SPOOL_BYTES = 64 * 2**20
 
+#: Seconds a local conditional write waits for another writer's lock on the same object.
+CAS_LOCK_TIMEOUT = 30.0
+
 
 @dataclass(frozen=True)
 class StoreInfo:
@@ -100,6 +123,16 @@ class StoreInfo:
 
 class StoreLocationError(ValueError):
     """A local store inside a submitted Ray job's working-directory copy (lost with the job)."""
+
+
+class ConflictError(RuntimeError):
+    """A conditional write lost: the object is not at the version the writer named.
+
+    Raised by :meth:`Store.write_bytes_if_match` when the object changed (or appeared, or went
+    away) since the writer read it; nothing was written. Retrying the same write is never right:
+    read the object again and decide again (or stop, when the change means another process took
+    over).
+    """
 
 
 @dataclass(frozen=True)
@@ -421,6 +454,70 @@ class Store:
             raise
         return True
 
+    # ----------------------------------------------------------------------------- compare-and-swap
+
+    def read_bytes_versioned(self, path: str) -> tuple[bytes, str]:
+        """The object at ``path`` and its version (module docstring), read together.
+
+        On S3 both come from one GET (the content and the ETag of the same object); on
+        ``file://`` the version is computed from the content read. ``FileNotFoundError`` naming
+        the URI if there is no object.
+        """
+        full = self._full(path)
+        if self.is_local:
+            try:
+                with open(full, "rb") as f:
+                    data = f.read()
+            except (FileNotFoundError, IsADirectoryError):
+                raise FileNotFoundError(errno.ENOENT, "no such object in the store", self.uri(path)) from None
+            return data, _content_version(data)
+        from fsspec.asyn import sync
+
+        bucket, key, _ = self.fs.split_path(full)
+        try:
+            return sync(self.fs.loop, _s3_get_versioned, self.fs, bucket, key)
+        except FileNotFoundError:
+            raise FileNotFoundError(errno.ENOENT, "no such object in the store", self.uri(path)) from None
+
+    def write_bytes_if_match(self, path: str, data: bytes, expected: str | None) -> str:
+        """Replace ``path`` with ``data`` only if it is still at version ``expected``; returns the new version.
+
+        ``expected`` is a version from :meth:`read_bytes_versioned` (or from an earlier call of
+        this method); ``None`` means "only if there is no object" (a conditional create). If the
+        object is at another version, or absent when a version was named, or present when
+        ``None`` was, :class:`ConflictError` is raised and nothing is written: of several
+        writers naming the same version, exactly one succeeds. The write is atomic (module
+        docstring). On S3 the check is the server's (``If-Match`` / ``If-None-Match: *`` in a
+        single PUT, so objects up to 5 GB). A PUT that landed but whose response was lost, and
+        that the client then retried, reports :class:`ConflictError` (the retry finds the new
+        version): the caller reads again and finds its own write. Reporting success when the
+        object holds exactly ``data`` would be wrong: another writer may have written the same
+        bytes.
+        """
+        data = bytes(data)
+        if expected is not None and (not isinstance(expected, str) or not expected):
+            raise TypeError(f"expected version of {self.uri(path)} must be a non-empty str or None, got {expected!r}")
+        full = self._full(path)
+        if self.is_local:
+            if expected is None:
+                if not _local_create_exclusive(full, data):
+                    raise ConflictError(f"{self.uri(path)}: an object is already there (conditional create lost)")
+                return _content_version(data)
+            _local_replace_if_match(full, data, expected, self.uri(path))
+            return _content_version(data)
+        bucket, key, _ = self.fs.split_path(full)
+        condition = {"IfNoneMatch": "*"} if expected is None else {"IfMatch": expected}
+        try:
+            out = self.fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, **condition)
+        except OSError as exc:  # s3fs turns 412 / 409 / 404 into OSError subclasses
+            if not _s3_condition_failed(exc):
+                raise
+            what = "an object is already there" if expected is None else f"it is no longer at version {expected}"
+            raise ConflictError(f"{self.uri(path)}: {what} (conditional write lost)") from None
+        finally:
+            self.fs.invalidate_cache(full)
+        return out["ETag"]
+
     def put_dir(self, local_dir: str | os.PathLike, path: str) -> list[str]:
         """Upload every file under ``local_dir`` to ``path/<relative path>``; returns the store paths.
 
@@ -678,7 +775,84 @@ def _local_create_exclusive(full: str, data: bytes) -> bool:
             os.unlink(tmp)
 
 
+def _content_version(data: bytes) -> str:
+    """The version of a local object: the SHA-256 of its content."""
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def _local_replace_if_match(full: str, data: bytes, expected: str, uri: str) -> None:
+    """Compare-and-swap on a local file: under an exclusive ``flock`` of the current file, compare
+    its content's version with ``expected`` and ``os.replace`` the complete new content over it.
+
+    Each write makes a new file, so a writer that waited for the lock of a file that has since been
+    replaced sees the path name another file and starts again on that one.
+    """
+    deadline = time.monotonic() + CAS_LOCK_TIMEOUT
+    while True:
+        try:
+            fd = os.open(full, os.O_RDWR)  # a writable descriptor: NFS locks need one
+        except PermissionError:
+            fd = os.open(full, os.O_RDONLY)
+        except (FileNotFoundError, IsADirectoryError):
+            raise ConflictError(f"{uri}: there is no object (it was deleted?), expected version {expected}") from None
+        try:
+            pause = 0.001
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        held = f"another writer held the lock for over {CAS_LOCK_TIMEOUT:g}s"
+                        raise TimeoutError(errno.ETIMEDOUT, held, uri) from None
+                    time.sleep(pause)
+                    pause = min(pause * 2, 0.05)
+            try:
+                now = os.stat(full)
+            except FileNotFoundError:
+                raise ConflictError(f"{uri}: the object was deleted, expected version {expected}") from None
+            held = os.fstat(fd)
+            if (now.st_ino, now.st_dev) != (held.st_ino, held.st_dev):
+                continue  # replaced while we waited: lock the file that is there now
+            with os.fdopen(os.dup(fd), "rb") as f:
+                current = f.read()
+            if _content_version(current) != expected:
+                raise ConflictError(f"{uri}: it is no longer at version {expected} (conditional write lost)")
+            with _local_atomic_file(full) as f:
+                f.write(data)
+            return
+        finally:
+            os.close(fd)  # releases the lock
+
+
+async def _s3_get_versioned(fs: Any, bucket: str, key: str) -> tuple[bytes, str]:
+    """One GET: the object's content and its ETag."""
+    resp = await fs._call_s3("get_object", Bucket=bucket, Key=key)
+    try:
+        return await resp["Body"].read(), resp["ETag"]
+    finally:
+        resp["Body"].close()
+
+
+def _s3_condition_failed(exc: BaseException) -> bool:
+    """True if an S3 error says a conditional PUT's condition did not hold.
+
+    412 ``PreconditionFailed`` (the ETag differs, or ``If-None-Match: *`` found an object), 409
+    ``ConditionalRequestConflict`` (another conditional write to the key was in flight) and 404
+    ``NoSuchKey`` (``If-Match`` on an object that is gone).
+    """
+    if isinstance(exc, (FileExistsError, FileNotFoundError)):
+        return True
+    cause = exc.__cause__
+    response = getattr(cause, "response", None) or {}
+    code = str((response.get("Error") or {}).get("Code", ""))
+    status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+    return code in ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey") or status in (409, 412)
+
+
 __all__ = [
+    "CAS_LOCK_TIMEOUT",
+    "ConflictError",
     "DEFAULT_STORE_DIRNAME",
     "RAY_JOB_ENV",
     "RayJobDriver",

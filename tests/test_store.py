@@ -283,3 +283,135 @@ def test_pyarrow_parquet_through_ray_style_paths(store: Store) -> None:
     store.write_parquet("ds/part-0.parquet", table)
     fs, root = store.pyarrow_filesystem()
     assert pq.read_table(f"{root}/ds/part-0.parquet", filesystem=fs).equals(table)
+
+
+# ------------------------------------------------------------------ compare-and-swap
+
+
+def test_conditional_replace_two_writers_one_wins(store: Store) -> None:
+    from cl_platform.store import ConflictError
+
+    created = store.write_bytes_if_match("state/s.json", b"v0", None)
+    data, version = store.read_bytes_versioned("state/s.json")
+    assert data == b"v0" and version == created
+    # two writers read the same version; the first write wins, the second is refused
+    _, seen_by_b = store.read_bytes_versioned("state/s.json")
+    won = store.write_bytes_if_match("state/s.json", b"written by a", version)
+    with pytest.raises(ConflictError, match="no longer at version"):
+        store.write_bytes_if_match("state/s.json", b"written by b", seen_by_b)
+    assert store.read_bytes_versioned("state/s.json") == (b"written by a", won)
+    # the loser reads again and writes on top of the winner
+    data, now = store.read_bytes_versioned("state/s.json")
+    store.write_bytes_if_match("state/s.json", data + b" + b", now)
+    assert store.read_bytes("state/s.json") == b"written by a + b"
+    assert store.list("state") == ["s.json"]  # no temp or lock files
+
+
+def test_conditional_write_on_absent_and_present_objects(store: Store) -> None:
+    from cl_platform.store import ConflictError
+
+    with pytest.raises(FileNotFoundError, match="nope.json"):
+        store.read_bytes_versioned("nope.json")
+    version = store.write_bytes_if_match("x.json", b"first", None)
+    with pytest.raises(ConflictError, match="already there"):
+        store.write_bytes_if_match("x.json", b"second", None)  # create-only: there is an object
+    with pytest.raises(ConflictError):
+        store.write_bytes_if_match("gone.json", b"x", version)  # a version named, no object
+    assert not store.exists("gone.json")
+    store.delete("x.json")
+    with pytest.raises(ConflictError):
+        store.write_bytes_if_match("x.json", b"third", version)  # deleted since it was read
+    with pytest.raises(TypeError, match="non-empty str"):
+        store.write_bytes_if_match("x.json", b"x", "")
+
+
+def test_conditional_replace_has_exactly_one_winner_under_contention(store: Store) -> None:
+    from cl_platform.store import ConflictError
+
+    store.write_bytes_if_match("race.json", b"base", None)
+    _, version = store.read_bytes_versioned("race.json")
+    winners: list[int] = []
+    barrier = threading.Barrier(6)
+
+    def attempt(i: int) -> None:
+        barrier.wait()
+        try:
+            store.write_bytes_if_match("race.json", f"writer-{i}".encode(), version)
+            winners.append(i)
+        except ConflictError:
+            pass
+
+    threads = [threading.Thread(target=attempt, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(winners) == 1
+    assert store.read_bytes("race.json") == f"writer-{winners[0]}".encode()
+
+
+_INCREMENT = """
+import sys
+from cl_platform.store import ConflictError, Store
+store, done = Store(sys.argv[1]), 0
+while done < int(sys.argv[2]):
+    data, version = store.read_bytes_versioned("counter")
+    try:
+        store.write_bytes_if_match("counter", str(int(data) + 1).encode(), version)
+        done += 1
+    except ConflictError:
+        pass
+"""
+
+
+def test_local_conditional_writes_lose_no_update_across_processes(tmp_path) -> None:
+    """Four processes each add 40 to a counter by read + conditional write: none is lost."""
+    import subprocess
+    import sys
+
+    store = Store(f"file://{tmp_path}/s")
+    store.write_bytes_if_match("counter", b"0", None)
+    procs = [subprocess.Popen([sys.executable, "-c", _INCREMENT, store.url, "40"]) for _ in range(4)]
+    assert [p.wait(120) for p in procs] == [0] * 4
+    assert store.read_bytes("counter") == b"160"
+    assert os.listdir(tmp_path / "s") == ["counter"]
+
+
+def test_local_conditional_replace_is_atomic_and_fails_cleanly(tmp_path, monkeypatch) -> None:
+    store = Store(f"file://{tmp_path}/s")
+    version = store.write_bytes_if_match("a.json", b"old", None)
+
+    def boom(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError, match="disk full"):
+        store.write_bytes_if_match("a.json", b"new", version)
+    monkeypatch.undo()
+    assert store.read_bytes_versioned("a.json") == (b"old", version)  # still writable at the same version
+    assert os.listdir(tmp_path / "s") == ["a.json"]
+    store.write_bytes_if_match("a.json", b"new", version)
+    assert store.read_bytes("a.json") == b"new"
+
+
+def test_s3_conditional_write_is_the_servers_if_match_on_the_etag(moto_s3, s3_url: str) -> None:
+    """The version is the ETag; a PUT by any other client in between makes the conditional write fail."""
+    import boto3
+
+    from cl_platform.store import ConflictError
+
+    store = Store(s3_url)
+    version = store.write_bytes_if_match("k.json", b"one", None)
+    bucket, prefix = s3_url[len("s3://"):].split("/", 1)
+    client = boto3.client("s3", endpoint_url=moto_s3.endpoint_url, aws_access_key_id=moto_s3.key,
+                          aws_secret_access_key=moto_s3.secret, region_name=moto_s3.region)
+    assert client.head_object(Bucket=bucket, Key=f"{prefix}/k.json")["ETag"] == version
+    client.put_object(Bucket=bucket, Key=f"{prefix}/k.json", Body=b"foreign")
+    with pytest.raises(ConflictError):
+        store.write_bytes_if_match("k.json", b"two", version)
+    assert store.read_bytes("k.json") == b"foreign"
+    # the same bytes written by two writers of one version: the second still loses
+    _, now = store.read_bytes_versioned("k.json")
+    store.write_bytes_if_match("k.json", b"same", now)
+    with pytest.raises(ConflictError):
+        store.write_bytes_if_match("k.json", b"same", now)

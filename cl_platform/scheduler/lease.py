@@ -5,13 +5,26 @@ width of 12). The holder of the highest generation holds the lease while its ``e
 future and it has not released it. Every object is created with a conditional write
 (:meth:`Store.write_bytes_if_absent`: ``If-None-Match: *`` on S3, a hard link on file://), so
 when a lease expires and several schedulers try to take it over, exactly one creates the next
-generation. Only a generation's holder ever rewrites it (to renew or release), so no
-compare-and-swap on an existing object is needed.
+generation. Only a generation's holder ever rewrites it (to renew or release).
 
-Safety relies on the holder renewing well before expiry (every ``ttl / 3``) and stopping to act
-when a renewal finds a higher generation or comes too late (:class:`LeaseLost`); scheduler clocks
-must agree to within a small fraction of the TTL (NTP). State writes are fenced by
-:meth:`Lease.check`.
+The generation is the fencing token of the lineage state. A takeover is two steps, in this order:
+
+1. :meth:`StateStore.take_over` raises the state's ``lease_generation`` to the new generation
+   (the current one + 1) with a conditional write; a contender for the same generation that finds
+   it raised already goes on to step 2. From that write on, any state write of the previous holder
+   fails: its conditional write names a version that no longer exists, or, if it read the state
+   after the takeover, the state names a newer generation
+   (:class:`~cl_platform.scheduler.state.StaleWriteError`).
+2. the lease record of that generation is created with a conditional create: of the contenders,
+   exactly one succeeds (also when the scheduler that raised the generation died before creating
+   the record).
+
+So a holder that was paused past its expiry cannot change the state once a successor exists,
+however late its write arrives, without relying on clocks. Renewing every ``ttl / 3`` and stopping
+when a renewal finds a higher generation or comes too late (:class:`LeaseLost`) is what keeps a
+healthy holder from being fenced out by mistake; scheduler clocks must agree to within a small
+fraction of the TTL (NTP) for that, not for safety. :meth:`Lease.check` runs before state writes
+and supplies the writer's generation.
 """
 
 from __future__ import annotations
@@ -26,6 +39,7 @@ from dataclasses import asdict, dataclass
 from typing import Callable, Optional
 
 from cl_platform.scheduler.config import lineage_dir
+from cl_platform.scheduler.state import StateStore
 from cl_platform.store import Store
 
 #: Default lease time-to-live in seconds.
@@ -131,16 +145,28 @@ class Lease:
 
     # ------------------------------------------------------------------ changes
     def try_acquire(self) -> bool:
-        """Take the lease if it is free (or already ours); True when this instance holds it after the call."""
+        """Take the lease if it is free (or already ours); True when this instance holds it after the call.
+
+        A takeover first fences the lineage state for the new generation, then creates the lease
+        record (module docstring). A generation of ours that the state has since been fenced
+        against (a contender fenced it and then stopped) is not kept: it is lost, and taken over
+        again once it expires.
+        """
         now = self.clock()
         cur = self.current()
+        states = StateStore(self.store, self.lineage)
         if cur is not None and cur.holder == self.holder and not cur.released:
+            if states.load().lease_generation > cur.generation:
+                self.generation = None
+                return False
             self.generation = cur.generation
             self.renew()
             return True
         if cur is not None and not cur.free(now):
             return False
         gen = 1 if cur is None else cur.generation + 1
+        if not states.take_over(self.holder, gen):
+            return False  # a newer generation fenced the state
         rec = LeaseRecord(generation=gen, holder=self.holder, host=socket.gethostname(), pid=os.getpid(),
                           acquired_at=now, renewed_at=now, expires_at=now + self.ttl)
         if not self.store.write_bytes_if_absent(self._path(gen), rec.to_bytes()):

@@ -30,7 +30,7 @@ from cl_platform.scheduler.events import EventLog
 from cl_platform.scheduler.lease import Lease, LeaseKeeper, LeaseLost
 from cl_platform.scheduler.runner import GONE, NOT_FOUND, JobStatus, Runner, round_args
 from cl_platform.scheduler.state import (
-    FailedTask, InFlightRound, LearnedTask, LineageState, PendingRetry, QuarantinedTask, StateStore,
+    FailedTask, InFlightRound, LearnedTask, LineageState, PendingRetry, QuarantinedTask, StateConflictError, StateStore,
 )
 from cl_platform.scheduler.validate import invalid_name_verdict, lineage_spec, validate_task
 from cl_platform.store import Store
@@ -213,7 +213,10 @@ class Scheduler:
         while not self._halted():
             try:
                 did = self.step()
-            except LeaseLost as exc:  # a fenced state write found another holder
+            except (LeaseLost, StateConflictError) as exc:
+                # the lease check before a state write found another holder, or the conditional write
+                # itself lost (a successor fenced the state, or wrote it): stop as a lease loser does;
+                # the state is read afresh once the lease is held again, never written blindly
                 self._lost_error = exc
                 return EXIT_LEASE_LOST
             except Exception as exc:

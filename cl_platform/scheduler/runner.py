@@ -116,6 +116,31 @@ def _process_alive(pid: int, started: Optional[float]) -> bool:
         return False
 
 
+def _foreign_status(inflight: InFlightRound, host: str) -> JobStatus:
+    """:meth:`EmbeddedRunner.status` of a process on another host: RUNNING until its heartbeat is stale."""
+    import time
+
+    from cl_platform.train import ledger
+
+    now = time.time()
+    since = inflight.submitted_at or inflight.detected_at or 0.0
+    what = "submitted" if inflight.submitted_at else "detected"
+    if inflight.store:
+        try:
+            beat = ledger.read_heartbeat(inflight.store, inflight.run)
+        except Exception as exc:  # unknown is not gone
+            return JobStatus(RUNNING, message=f"on host {host}; its heartbeat cannot be read "
+                                              f"({type(exc).__name__}: {exc}): presumed running")
+        if beat is not None and float(beat["at"]) > since:
+            since, what = float(beat["at"]), "last heartbeat"
+    age = now - since
+    if age < ledger.HEARTBEAT_STALE_SECONDS:
+        return JobStatus(RUNNING, message=f"on host {host}, cannot be followed from here; {what} {age:.0f}s ago: presumed "
+                                          f"running until {ledger.HEARTBEAT_STALE_SECONDS:g}s without a heartbeat")
+    return JobStatus(GONE, message=f"the process ran on host {host}; {what} {age:.0f}s ago "
+                                   f"(stale after {ledger.HEARTBEAT_STALE_SECONDS:g}s): presumed gone")
+
+
 class EmbeddedRunner:
     """Runs rounds as local processes (each starts an embedded Ray).
 
@@ -153,7 +178,8 @@ class EmbeddedRunner:
             started = psutil.Process(proc.pid).create_time()
         except psutil.NoSuchProcess:
             started = None
-        fields = {"pid": proc.pid, "pid_started": started, "host": socket.gethostname(), "log": log_path}
+        fields = {"pid": proc.pid, "pid_started": started, "host": socket.gethostname(), "log": log_path,
+                  "store": store_url}
         # a pid file on local disk, written before the scheduler records the pid in the store: a
         # scheduler killed in between leaves its successor a way to find the process
         with open(self._pidfile(inflight), "w") as f:
@@ -164,21 +190,39 @@ class EmbeddedRunner:
         return os.path.join(self.log_dir, f"{inflight.submission_id}.pid.json")
 
     def status(self, inflight: InFlightRound) -> JobStatus:
+        """Where the attempt's process is.
+
+        A child of this runner: its exit code. A process on this host: RUNNING while its pid is
+        alive (with the recorded start time), else GONE. A process on another host (the record's
+        ``host``, or the host in its ``holder`` when no process was recorded yet) cannot be seen
+        from here, and is not GONE merely because of that. The rule: it is presumed RUNNING until
+        its last sign of life is older than
+        :data:`~cl_platform.train.ledger.HEARTBEAT_STALE_SECONDS`, then GONE. The last sign of life
+        is the round's heartbeat (``runs/<run>/heartbeat.json``, rewritten by the round's process
+        while it trains; :mod:`cl_platform.train.ledger`) in the store the record names, or when
+        there is none yet (the process is still starting), the attempt's submission (or detection)
+        time. A store that cannot be read says nothing: the process is still presumed running.
+        GONE makes the loop read the run's ledger: learned if the round finished, else a retry.
+        """
         proc = self._children.get(inflight.submission_id)
         if proc is not None:
             rc = proc.poll()
             if rc is None:
                 return JobStatus(RUNNING)
             return JobStatus(SUCCEEDED if rc == 0 else FAILED, rc, f"exit code {rc}")
+        here = socket.gethostname()
         if inflight.pid is None:
             try:
                 with open(self._pidfile(inflight)) as f:
                     recorded = json.load(f)
             except (OSError, ValueError):
+                holder = (inflight.holder or "").split(":")  # host:pid:random (new_holder_id)
+                if len(holder) == 3 and holder[0] and holder[0] != here:
+                    return _foreign_status(inflight, holder[0])
                 return JobStatus(NOT_FOUND, message="no process was recorded for this attempt")
             inflight = InFlightRound(**{**inflight.__dict__, **recorded})
-        if inflight.host and inflight.host != socket.gethostname():
-            return JobStatus(GONE, message=f"the process ran on host {inflight.host}; it cannot be followed from here")
+        if inflight.host and inflight.host != here:
+            return _foreign_status(inflight, inflight.host)
         if _process_alive(inflight.pid, inflight.pid_started):
             return JobStatus(RUNNING, message=f"pid {inflight.pid} (started by an earlier scheduler)")
         return JobStatus(GONE, message=f"pid {inflight.pid} is no longer running")

@@ -5,10 +5,23 @@ metrics), the quarantined tasks (with the reason and the files' fingerprint), th
 pending retries, the in-flight round and the hooks started. The scheduler process keeps nothing
 else: kill it at any moment and the next one continues from this file.
 
-Writes are atomic (:meth:`Store.write_json`: a reader sees the old state or the new one) and
-guarded twice: a ``revision`` counter (the stored revision must still be the one this process
-read: :class:`StateConflictError` otherwise) and a fence callback (the scheduler passes "I still
-hold the lease", so a scheduler whose lease was taken over cannot overwrite its successor's state).
+Every write is one compare-and-swap (:meth:`Store.write_bytes_if_match`): it replaces the
+state only if the stored object is still the version this process read (``If-Match`` on the
+ETag on S3, a locked content check on file://), else :class:`StateConflictError` and nothing is
+written. A reader sees the old state or the new one, never half of one.
+
+Fencing. The state records ``lease_generation``: the highest lease generation that has written
+it. A scheduler takes over a lineage by first raising that field to the new generation (a
+conditional write, :meth:`StateStore.take_over`) and only then creating that generation's lease
+record (:mod:`cl_platform.scheduler.lease`), so no lease generation exists that the state does not
+already name. A write by the holder of generation ``g`` is refused when the
+version it read carries a higher generation (:class:`StaleWriteError`), and the conditional write
+makes that check hold at the moment of the write: had a successor raised the generation after this
+process read the state, the version would differ and the write would fail. So a scheduler paused
+past its lease (a long GC pause, a stopped process, a delayed request) cannot write over its
+successor's state, however late its write arrives; the check and the write are one operation on
+the store. The ``fence`` callback (the scheduler passes :meth:`Lease.check`) still runs first and
+supplies the writer's generation.
 """
 
 from __future__ import annotations
@@ -20,18 +33,24 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Optional
 
 from cl_platform.scheduler.config import lineage_dir
-from cl_platform.store import Store
+from cl_platform.store import ConflictError, Store
 
 #: Schema version of ``state.json``.
 STATE_SCHEMA_VERSION = 1
+#: Reads of the state a takeover makes when its conditional write keeps losing to other writers.
+_TAKE_OVER_TRIES = 5
 
 
 class StateError(ValueError):
     """``state.json`` is unreadable or inconsistent."""
 
 
-class StateConflictError(StateError):
-    """The stored state changed since this process read it (another writer)."""
+class StateConflictError(StateError, ConflictError):
+    """The stored state changed since this process read it (another writer); nothing was written."""
+
+
+class StaleWriteError(StateConflictError):
+    """A newer lease generation than the writer's has written the state: the writer lost the lineage."""
 
 
 def now_iso(t: Optional[float] = None) -> str:
@@ -161,6 +180,8 @@ class InFlightRound:
         detected_at: when the scheduler saw it.
         submitted_at: when it was submitted (``None`` until the submission returned).
         holder: the scheduler that submitted it.
+        store: embedded: the URL of the store the round writes to, where a scheduler on another
+            host reads the round's heartbeat (:meth:`EmbeddedRunner.status`).
     """
 
     task: str
@@ -179,6 +200,7 @@ class InFlightRound:
     detected_at: Optional[float] = None
     submitted_at: Optional[float] = None
     holder: Optional[str] = None
+    store: Optional[str] = None
 
 
 @dataclass
@@ -195,6 +217,11 @@ class LineageState:
         in_flight: the round being trained, if any.
         hooks: policy hooks started: ``{"n", "command", "id", "at"}``.
         updated_at: ISO time of the last write.
+        lease_generation: the highest lease generation that has written the state (0: none); a
+            writer holding an older generation is refused (module docstring).
+        lease_holder: the scheduler that wrote that generation.
+        version: the store version this copy was read at (``None``: not stored yet); not part of
+            the stored document, the conditional write of :meth:`StateStore.save` names it.
     """
 
     lineage: str
@@ -206,6 +233,9 @@ class LineageState:
     in_flight: Optional[InFlightRound] = None
     hooks: list[dict[str, Any]] = field(default_factory=list)
     updated_at: Optional[str] = None
+    lease_generation: int = 0
+    lease_holder: Optional[str] = None
+    version: Optional[str] = field(default=None, compare=False, repr=False)
 
     # -------------------------------------------------------------- views
     def learned_names(self) -> list[str]:
@@ -233,6 +263,8 @@ class LineageState:
             "lineage": self.lineage,
             "revision": self.revision,
             "updated_at": self.updated_at,
+            "lease_generation": self.lease_generation,
+            "lease_holder": self.lease_holder,
             "learned": [asdict(t) for t in self.learned],
             "quarantined": {k: asdict(v) for k, v in self.quarantined.items()},
             "failed": {k: asdict(v) for k, v in self.failed.items()},
@@ -251,6 +283,8 @@ class LineageState:
                 lineage=d["lineage"],
                 revision=int(d.get("revision", 0)),
                 updated_at=d.get("updated_at"),
+                lease_generation=int(d.get("lease_generation") or 0),
+                lease_holder=d.get("lease_holder"),
                 learned=[LearnedTask(**t) for t in d.get("learned", [])],
                 quarantined={k: QuarantinedTask(**v) for k, v in d.get("quarantined", {}).items()},
                 failed={k: FailedTask(**v) for k, v in d.get("failed", {}).items()},
@@ -263,32 +297,36 @@ class LineageState:
 
 
 class StateStore:
-    """Reads and writes one lineage's ``state.json``.
+    """Reads and writes one lineage's ``state.json`` (see the module docstring).
 
     Args:
         store: the store.
         lineage: the lineage name.
-        fence: called before every write; it raises to forbid the write (the scheduler passes its
-            lease check, so only the lease holder writes).
+        fence: called before every write; it raises to forbid the write, and returns the writer's
+            lease record (anything with ``generation`` and ``holder``, or an ``int`` generation, or
+            ``None``: unfenced). The scheduler passes :meth:`Lease.check`.
     """
 
-    def __init__(self, store: Store, lineage: str, *, fence: Optional[Callable[[], None]] = None) -> None:
+    def __init__(self, store: Store, lineage: str, *, fence: Optional[Callable[[], Any]] = None) -> None:
         self.store = store
         self.lineage = lineage
         self.path = f"{lineage_dir(lineage)}/state.json"
         self.fence = fence
 
     def load(self) -> LineageState:
-        """The stored state, or an empty one (revision 0) when the lineage has none yet."""
+        """The stored state with its version, or an empty one (revision 0, no version) when there is none."""
         try:
-            doc = self.store.read_json(self.path)
+            data, version = self.store.read_bytes_versioned(self.path)
         except FileNotFoundError:
             return LineageState(lineage=self.lineage)
+        try:
+            doc = json.loads(data.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise StateError(f"{self.store.uri(self.path)} is not valid JSON: {exc}") from None
         state = LineageState.from_dict(doc, where=self.store.uri(self.path))
         if state.lineage != self.lineage:
             raise StateError(f"{self.store.uri(self.path)} names lineage {state.lineage!r}, expected {self.lineage!r}")
+        state.version = version
         return state
 
     def stored_revision(self) -> int:
@@ -298,26 +336,82 @@ class StateStore:
             return 0
 
     def save(self, state: LineageState) -> LineageState:
-        """Write ``state`` atomically as revision ``state.revision + 1``; returns it updated.
+        """Write ``state`` as revision ``state.revision + 1``, conditional on ``state.version``; returns it updated.
 
-        Raises :class:`StateConflictError` if the stored revision is not ``state.revision``, and
-        whatever the fence raises. On any error nothing is written and ``state`` is unchanged.
+        Raises whatever the fence raises, :class:`StaleWriteError` if ``state`` carries a newer
+        lease generation than the fence's, and :class:`StateConflictError` if the stored state is
+        no longer the version ``state`` was read at (its ``StaleWriteError`` subclass when the
+        writer was a newer generation). On any error nothing is written and ``state`` is unchanged.
         """
-        if self.fence is not None:
-            self.fence()
-        stored = self.stored_revision()
-        if stored != state.revision:
-            raise StateConflictError(
-                f"lineage {self.lineage!r}: {self.store.uri(self.path)} is at revision {stored}, this process read "
-                f"revision {state.revision}: another scheduler wrote it meanwhile"
-            )
+        token = self.fence() if self.fence is not None else None
+        if isinstance(token, int) and not isinstance(token, bool):
+            generation, holder = token, None
+        else:
+            generation, holder = getattr(token, "generation", None), getattr(token, "holder", None)
+        return self._write(state, generation, holder)
+
+    def take_over(self, holder: str, generation: int) -> bool:
+        """Fence the lineage for lease ``generation`` before its lease record is created.
+
+        Raises the state's ``lease_generation`` to ``generation`` with a conditional write, so
+        that every write of an older generation fails from then on. True when the state is fenced
+        at ``generation`` after the call (by this call, or by a contender for the same generation:
+        the exclusive create of the lease record then decides between them); False when a newer
+        generation already fenced it. A conflict with another writer is looked at again, a few
+        times, never written over.
+        """
+        for _ in range(_TAKE_OVER_TRIES):
+            state = self.load()
+            if state.lease_generation != generation:
+                if state.lease_generation > generation:
+                    return False
+                try:
+                    self._write(state, generation, holder)
+                except StateConflictError:
+                    continue
+            return True
+        return False
+
+    def _write(self, state: LineageState, generation: Optional[int], holder: Optional[str]) -> LineageState:
+        if generation is not None and state.lease_generation > generation:
+            raise self._stale(state.lease_generation, state.lease_holder, generation, holder)
         doc = state.to_dict()
         doc["revision"] = state.revision + 1
         doc["updated_at"] = now_iso()
-        self.store.write_json(self.path, doc)
+        if generation is not None:
+            doc["lease_generation"], doc["lease_holder"] = generation, holder
+        data = (json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
+        try:
+            version = self.store.write_bytes_if_match(self.path, data, state.version)
+        except ConflictError:
+            raise self._conflict(state, generation, holder) from None
         state.revision = doc["revision"]
         state.updated_at = doc["updated_at"]
+        state.lease_generation, state.lease_holder = doc["lease_generation"], doc["lease_holder"]
+        state.version = version
         return state
+
+    def _stale(self, stored: int, stored_holder: Optional[str], generation: int,
+               holder: Optional[str]) -> StaleWriteError:
+        return StaleWriteError(
+            f"lineage {self.lineage!r}: {self.store.uri(self.path)} was written by lease generation {stored} "
+            f"({stored_holder or 'unknown holder'}); {holder or 'this writer'} holds generation {generation} only: "
+            "the lineage was taken over, nothing was written"
+        )
+
+    def _conflict(self, state: LineageState, generation: Optional[int], holder: Optional[str]) -> StateConflictError:
+        """The error of a lost conditional write, naming what is stored now."""
+        try:
+            now = self.load()
+        except StateError:
+            now = None
+        if now is not None and generation is not None and now.lease_generation > generation:
+            return self._stale(now.lease_generation, now.lease_holder, generation, holder)
+        stored = "unreadable" if now is None else "absent" if now.version is None else f"at revision {now.revision}"
+        return StateConflictError(
+            f"lineage {self.lineage!r}: {self.store.uri(self.path)} is {stored}, this process read "
+            f"revision {state.revision}: another scheduler wrote it meanwhile; nothing was written"
+        )
 
 
 __all__ = [
@@ -330,6 +424,7 @@ __all__ = [
     "STATE_SCHEMA_VERSION",
     "StateConflictError",
     "StateError",
+    "StaleWriteError",
     "StateStore",
     "now_iso",
 ]

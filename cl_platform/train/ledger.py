@@ -23,16 +23,26 @@ Resume semantics:
 - :meth:`Ledger.finish_round` is idempotent: finishing a done round with the same checkpoint
   is a no-op, with a different checkpoint an error.
 
-Writes: every change rewrites ``ledger.json`` through :meth:`Store.write_json` (atomic on
-file:// and S3: a reader sees the old ledger or the new one, never half of one); creation is a
-conditional create (:meth:`Store.write_bytes_if_absent`), so two processes creating the same run
-cannot both succeed. If a write fails the in-memory ledger is rolled back to what is stored.
+Writes: every change rewrites ``ledger.json`` with one compare-and-swap
+(:meth:`Store.write_bytes_if_match`), conditional on the version of the ledger this object read:
+``If-Match`` on its ETag on S3, a locked content check on file://. Creation is a conditional
+create, so two processes creating the same run cannot both succeed. Writes are atomic (a reader
+sees the old ledger or the new one, never half of one). If a write fails the in-memory ledger is
+rolled back to what is stored.
 
-One writer at a time: a ledger carries a ``revision`` counter; before each write the stored
-revision is read back and a mismatch raises :class:`LedgerConflictError` (another process wrote
-the run since this object read it; call :meth:`Ledger.refresh` if that was expected, e.g. the
-training workers wrote rounds that a driver now wants to extend). The check narrows, but does not
-close, the window for two concurrent writers.
+One writer at a time: when another process wrote the ledger since this object read it, the
+write fails with :class:`LedgerConflictError` and nothing is written (call :meth:`Ledger.refresh`
+if that was expected, e.g. the training workers wrote rounds that a driver now wants to extend).
+Of two concurrent writers exactly one succeeds. The ``revision`` counter (writes so far) is kept
+for people and error messages; the store's version is what the write checks.
+
+Heartbeat: while a round this object started is running (from :meth:`Ledger.start_round` to
+:meth:`Ledger.finish_round` / :meth:`Ledger.fail_round`), a daemon thread rewrites
+``runs/<run>/heartbeat.json`` (method, round, attempt, host, pid and ``at``, epoch seconds)
+every :data:`HEARTBEAT_SECONDS`. It is a separate object so that it never changes the ledger's
+version. A scheduler that cannot see the round's process (it runs on another host) presumes the
+round alive until the heartbeat is older than :data:`HEARTBEAT_STALE_SECONDS`
+(:func:`heartbeat_age`, :meth:`cl_platform.scheduler.runner.EmbeddedRunner.status`).
 
 Metric values must be JSON numbers, strings, booleans, lists or dicts; numpy scalars are
 converted, and non-finite floats (NaN, inf) are stored as ``null``.
@@ -46,12 +56,17 @@ import hashlib
 import json
 import logging
 import math
+import os
 import re
+import socket
+import threading
+import time
+import weakref
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
 from cl_platform.data.task_format import NAME_PATTERN
-from cl_platform.store import Store, as_store
+from cl_platform.store import ConflictError, Store, as_store
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +79,13 @@ RUNNING, DONE, FAILED = "running", "done", "failed"
 STATUSES = (RUNNING, DONE, FAILED)
 #: Longest error text kept in a record (the tail is kept: it has the exception).
 MAX_ERROR_CHARS = 4000
+#: File name of a running round's heartbeat inside ``runs/<run>/``.
+HEARTBEAT_FILENAME = "heartbeat.json"
+#: Seconds between heartbeats of a running round.
+HEARTBEAT_SECONDS = 30.0
+#: A heartbeat older than this says the round's process is gone (it covers a process's start-up
+#: before its first round too: see :meth:`cl_platform.scheduler.runner.EmbeddedRunner.status`).
+HEARTBEAT_STALE_SECONDS = 600.0
 
 _NAME_RE = re.compile(NAME_PATTERN)
 
@@ -87,8 +109,8 @@ class ConfigMismatchError(LedgerError):
     """A run was reopened with a config whose hash differs from the recorded one."""
 
 
-class LedgerConflictError(LedgerError):
-    """The stored ledger changed since this object read it (another writer)."""
+class LedgerConflictError(LedgerError, ConflictError):
+    """The stored ledger changed since this object read it (another writer); nothing was written."""
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -174,6 +196,60 @@ def _diff_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
                 out.extend(_diff_keys(old[key], new[key], path))
         return out
     return [] if canonical_json(old) == canonical_json(new) else [prefix or "(whole config)"]
+
+
+def heartbeat_path(run: str) -> str:
+    """Store path of a run's heartbeat: ``runs/<run>/heartbeat.json``."""
+    return f"runs/{validate_run_name(run)}/{HEARTBEAT_FILENAME}"
+
+
+def read_heartbeat(store: Store | str | None, run: str) -> dict[str, Any] | None:
+    """The run's last heartbeat (see the module docstring), ``None`` if it never had one."""
+    store = as_store(store)
+    try:
+        doc = store.read_json(heartbeat_path(run))
+    except FileNotFoundError:
+        return None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None  # torn by hand or by a foreign tool: as good as none
+    return doc if isinstance(doc, dict) and isinstance(doc.get("at"), (int, float)) else None
+
+
+def heartbeat_age(store: Store | str | None, run: str, now: float | None = None) -> float | None:
+    """Seconds since the run's last heartbeat (``None``: never had one). Clocks of hosts must agree (NTP)."""
+    beat = read_heartbeat(store, run)
+    return None if beat is None else (time.time() if now is None else now) - float(beat["at"])
+
+
+class _Heartbeat:
+    """The daemon thread behind a ledger's heartbeat; stops when told to or when its ledger is collected."""
+
+    def __init__(self, store: Store, run: str) -> None:
+        self.store, self.run = store, run
+        self.info: dict[str, Any] = {}
+        self.stop = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def beat(self) -> None:
+        try:
+            self.store.write_json(heartbeat_path(self.run), {**self.info, "at": time.time()})
+        except Exception as exc:  # a liveness hint only: the next beat tries again
+            logger.debug("run %r: heartbeat not written: %s", self.run, exc)
+
+    def start(self, info: dict[str, Any]) -> None:
+        self.info = {**info, "host": socket.gethostname(), "pid": os.getpid()}
+        self.beat()
+        if self.thread is not None and self.thread.is_alive() and not self.stop.is_set():
+            return
+        if self.thread is not None:
+            self.thread.join()  # told to stop: it ends at once
+        self.stop.clear()
+        self.thread = threading.Thread(target=self._loop, name=f"heartbeat-{self.run}", daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while not self.stop.wait(HEARTBEAT_SECONDS):
+            self.beat()
 
 
 # ------------------------------------------------------------------------------------ records
@@ -277,13 +353,20 @@ class Ledger:
         interrupted: records that were ``running`` when the ledger was (re)read: rounds a stopped
             process left unfinished (re-run as ``attempt + 1`` by :meth:`start_round`).
 
-    A ledger pickles (store URL and state), so it can be handed to Ray workers.
+    A ledger pickles (store URL, state and the version read; not its heartbeat), so it can be
+    handed to Ray workers.
     """
 
-    def __init__(self, store: Store, run: str, doc: dict[str, Any]) -> None:  # use the classmethods
+    # use the classmethods
+    def __init__(self, store: Store, run: str, doc: dict[str, Any], version: str | None = None) -> None:
         self.store = store
         self.run = run
+        self._version = version
+        self._heartbeat: _Heartbeat | None = None
         self._load(doc)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_heartbeat": None}
 
     # ------------------------------------------------------------------ construction
 
@@ -357,13 +440,14 @@ class Ledger:
             "config_history": [],
             "rounds": [],
         }
-        data = (json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
-        if not store.write_bytes_if_absent(cls.path(run), data):
+        try:
+            version = store.write_bytes_if_match(cls.path(run), _encode(doc), None)
+        except ConflictError:
             raise RunExistsError(
                 f"run {run!r} already has a ledger at {store.uri(cls.path(run))}; "
                 "resume it (--resume) or choose another run name"
-            )
-        return cls(store, run, doc)
+            ) from None
+        return cls(store, run, doc, version)
 
     @classmethod
     def open(
@@ -387,7 +471,7 @@ class Ledger:
         Records left ``running`` are logged as interrupted and listed in :attr:`interrupted`.
         """
         store = as_store(store)
-        ledger = cls(store, run, cls._read(store, run))
+        ledger = cls(store, run, *cls._read_versioned(store, run))
         if task_order is not None and list(task_order) != ledger.task_order:
             raise LedgerError(
                 f"run {run!r}: task order {list(task_order)} differs from the recorded {ledger.task_order}; "
@@ -456,11 +540,18 @@ class Ledger:
 
     @classmethod
     def _read(cls, store: Store, run: str) -> dict[str, Any]:
+        return cls._read_versioned(store, run)[0]
+
+    @classmethod
+    def _read_versioned(cls, store: Store, run: str) -> tuple[dict[str, Any], str]:
+        """The stored ledger document and its store version."""
         path = cls.path(run)
         try:
-            doc = store.read_json(path)
+            data, version = store.read_bytes_versioned(path)
         except FileNotFoundError:
             raise RunNotFoundError(f"run {run!r} has no ledger at {store.uri(path)}") from None
+        try:
+            doc = json.loads(data.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise LedgerError(f"ledger {store.uri(path)} is not valid JSON: {exc}") from None
         if not isinstance(doc, dict) or doc.get("schema_version") != LEDGER_SCHEMA_VERSION:
@@ -470,7 +561,7 @@ class Ledger:
             )
         if doc.get("run") != run:
             raise LedgerError(f"ledger {store.uri(path)} names run {doc.get('run')!r}, expected {run!r}")
-        return doc
+        return doc, version
 
     @classmethod
     def _resolve_parent(cls, store: Store, run: str, from_run: str, methods: list[str]) -> ParentRun:
@@ -509,7 +600,9 @@ class Ledger:
 
     def refresh(self) -> "Ledger":
         """Re-read the ledger from the store (after another process wrote it); returns self."""
-        self._load(self._read(self.store, self.run))
+        doc, version = self._read_versioned(self.store, self.run)
+        self._load(doc)
+        self._version = version
         return self
 
     # ------------------------------------------------------------------ read-only views
@@ -659,7 +752,9 @@ class Ledger:
                 rec.config_hash = self.config_hash
             return copy.deepcopy(rec)
 
-        return self._commit(change)
+        rec = self._commit(change)
+        self._beat({"method": method, "round": idx, "attempt": rec.attempt})
+        return rec
 
     def finish_round(self, method: str, round: int, *, checkpoint: str, metrics: Mapping[str, Any] | None = None) -> RoundRecord:
         """Mark a running round done with its checkpoint URI and metrics; return the record.
@@ -694,7 +789,9 @@ class Ledger:
             r.ended_at = _now()
             return copy.deepcopy(r)
 
-        return self._commit(change)
+        rec = self._commit(change)
+        self._end_beat()
+        return rec
 
     def fail_round(self, method: str, round: int, error: BaseException | str) -> RoundRecord:
         """Mark a running (or already failed) round failed with ``error``; return the record.
@@ -721,7 +818,9 @@ class Ledger:
             r.ended_at = _now()
             return copy.deepcopy(r)
 
-        return self._commit(change)
+        rec = self._commit(change)
+        self._end_beat()
+        return rec
 
     # ------------------------------------------------------------------ internals
 
@@ -759,27 +858,44 @@ class Ledger:
 
         self._commit(change)
 
+    def _beat(self, info: dict[str, Any]) -> None:
+        """Start (or retarget) the heartbeat of a running round (module docstring)."""
+        if self._heartbeat is None:
+            self._heartbeat = _Heartbeat(self.store, self.run)
+            weakref.finalize(self, self._heartbeat.stop.set)
+        self._heartbeat.start(info)
+
+    def _end_beat(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.stop.set()
+
     def _commit(self, change):
-        """Apply ``change`` to the in-memory state, write the ledger, roll back if anything fails."""
+        """Apply ``change`` to the in-memory state, write the ledger conditionally on the version this
+        object read, roll back if anything fails."""
         snapshot = copy.deepcopy(self._doc)
         records = copy.deepcopy(self._records)
         interrupted = self.interrupted
         try:
             result = change()
-            stored = self._read(self.store, self.run).get("revision", 0)
-            if stored != snapshot.get("revision", 0):
-                raise LedgerConflictError(
-                    f"run {self.run!r}: the ledger at {self.uri} is at revision {stored}, but this process read "
-                    f"revision {snapshot.get('revision', 0)}: another process wrote it meanwhile "
-                    "(refresh() first if that was expected)"
-                )
             self._doc["rounds"] = [r.to_dict() for r in self._sorted(self._records)]
             self._doc["revision"] = int(snapshot.get("revision", 0)) + 1
             self._doc["updated_at"] = _now()
-            self.store.write_json(self.path(self.run), self._doc)
+            try:
+                version = self.store.write_bytes_if_match(self.path(self.run), _encode(self._doc), self._version)
+            except ConflictError:
+                try:
+                    stored = f"at revision {self._read(self.store, self.run).get('revision', 0)}"
+                except LedgerError:
+                    stored = "gone or unreadable"
+                raise LedgerConflictError(
+                    f"run {self.run!r}: the ledger at {self.uri} is {stored}, but this process read "
+                    f"revision {snapshot.get('revision', 0)}: another process wrote it meanwhile; nothing was "
+                    "written (refresh() first if that was expected)"
+                ) from None
         except BaseException:
             self._doc, self._records, self.interrupted = snapshot, records, interrupted
             raise
+        self._version = version
         return result
 
     def __repr__(self) -> str:
@@ -787,8 +903,15 @@ class Ledger:
         return f"Ledger(run={self.run!r}, tasks={len(self.task_order)}, done={done}, uri={self.uri!r})"
 
 
+def _encode(doc: dict[str, Any]) -> bytes:
+    return (json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
+
+
 __all__ = [
     "ConfigMismatchError",
+    "HEARTBEAT_FILENAME",
+    "HEARTBEAT_SECONDS",
+    "HEARTBEAT_STALE_SECONDS",
     "LEDGER_FILENAME",
     "LEDGER_SCHEMA_VERSION",
     "Ledger",
@@ -800,5 +923,8 @@ __all__ = [
     "RunNotFoundError",
     "canonical_json",
     "config_hash",
+    "heartbeat_age",
+    "heartbeat_path",
+    "read_heartbeat",
     "validate_run_name",
 ]

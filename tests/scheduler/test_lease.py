@@ -84,3 +84,41 @@ def test_keeper_renews_and_notices_a_takeover(tmp_path):
         assert isinstance(keeper.error, LeaseLost)
     finally:
         keeper.stop()
+
+
+def test_a_takeover_fences_the_state_before_its_lease_exists(store):
+    from cl_platform.scheduler.state import StaleWriteError, StateStore
+
+    clock = Clock()
+    a = Lease(store, "lin", "a", ttl=10, clock=clock)
+    assert a.try_acquire()
+    states = StateStore(store, "lin")
+    assert (states.load().lease_generation, states.load().lease_holder) == (1, "a")
+    read_by_a = states.load()
+    clock.t += 11  # a is paused past its expiry
+    b = Lease(store, "lin", "b", ttl=10, clock=clock)
+    assert b.try_acquire() and b.generation == 2
+    assert (states.load().lease_generation, states.load().lease_holder) == (2, "b")
+    # a's late write carries generation 1: refused at the write, whatever a's own lease check said
+    late = StateStore(store, "lin", fence=lambda: 1)
+    with pytest.raises(StaleWriteError):
+        late.save(read_by_a)
+    # a renews too late: it finds the takeover
+    with pytest.raises(LeaseLost):
+        a.renew()
+
+
+def test_a_contender_that_fenced_and_died_does_not_block_the_lineage(store):
+    from cl_platform.scheduler.state import StateStore
+
+    clock = Clock()
+    a = Lease(store, "lin", "a", ttl=10, clock=clock)
+    assert a.try_acquire()
+    assert StateStore(store, "lin").take_over("ghost", 2)  # fenced generation 2, died before its lease record
+    # a still holds generation 1 by its record, but the state no longer accepts it: a lets go
+    assert not a.try_acquire() and not a.held
+    b = Lease(store, "lin", "b", ttl=10, clock=clock)
+    assert not b.try_acquire()  # a's record has not expired yet
+    clock.t += 11
+    assert b.try_acquire() and b.generation == 2  # the fenced generation's record: created by b
+    assert StateStore(store, "lin").load().lease_generation == 2

@@ -241,10 +241,10 @@ def test_writes_are_atomic_and_failed_writes_roll_back(store, tmp_path, monkeypa
     ledger.start_round("mode", 0)
     before = store.read_bytes("runs/r1/ledger.json")
 
-    def boom(path, data):
+    def boom(path, data, expected):
         raise OSError("disk full")
 
-    monkeypatch.setattr(store, "write_bytes", boom)
+    monkeypatch.setattr(store, "write_bytes_if_match", boom)
     with pytest.raises(OSError, match="disk full"):
         ledger.finish_round("mode", 0, checkpoint="file:///c0")
     monkeypatch.undo()
@@ -313,3 +313,68 @@ def test_ledger_on_s3(s3_url):
     resumed = Ledger.open(s3, "r1", config=CONFIG)
     assert resumed.done_rounds("mode") == [0] and [r.round for r in resumed.interrupted] == [1]
     assert resumed.start_round("mode", 1).attempt == 2
+
+
+def test_a_foreign_rewrite_keeping_the_revision_is_still_a_conflict(store):
+    """The write names the version it read: a rewrite that keeps the revision number is caught too."""
+    a = Ledger.create(store, "r1", task_order=TASKS, config=CONFIG)
+    doc = store.read_json("runs/r1/ledger.json")
+    doc["config"] = {"tampered": True}
+    store.write_json("runs/r1/ledger.json", doc)
+    with pytest.raises(LedgerConflictError, match="at revision 1.*nothing was written"):
+        a.start_round("mode", 0)
+    assert store.read_json("runs/r1/ledger.json") == doc and a.record("mode", 0) is None
+
+
+@pytest.mark.parametrize("backend", ["file", "s3"])
+def test_two_writers_of_one_version_one_wins(backend, tmp_path, request):
+    import threading
+
+    s = Store(str(tmp_path)) if backend == "file" else Store(request.getfixturevalue("s3_url"))
+    Ledger.create(s, "r1", task_order=TASKS, config=CONFIG)
+    writers = [Ledger.open(s, "r1"), Ledger.open(s, "r1")]
+    barrier = threading.Barrier(2)
+    outcome: list[str] = []
+
+    def start(ledger: Ledger) -> None:
+        barrier.wait()
+        try:
+            ledger.start_round("mode", 0)
+            outcome.append("won")
+        except LedgerConflictError:
+            outcome.append("lost")
+
+    threads = [threading.Thread(target=start, args=(w,)) for w in writers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcome) == ["lost", "won"]
+    stored = Ledger.open(s, "r1")
+    assert stored.revision == 2 and stored.record("mode", 0).attempt == 1  # one start, not two
+
+
+def test_a_running_round_beats_until_it_ends(store, monkeypatch):
+    import pickle
+    import socket
+    import time
+
+    from cl_platform.train import ledger as ledger_mod
+
+    monkeypatch.setattr(ledger_mod, "HEARTBEAT_SECONDS", 0.05)
+    ledger = Ledger.create(store, "r1", task_order=TASKS, config=CONFIG)
+    assert ledger_mod.read_heartbeat(store, "r1") is None and ledger_mod.heartbeat_age(store, "r1") is None
+    ledger.start_round("mode", 0)
+    first = ledger_mod.read_heartbeat(store, "r1")
+    assert first["round"] == 0 and first["attempt"] == 1 and first["method"] == "mode"
+    assert first["host"] == socket.gethostname() and first["pid"] == os.getpid()
+    time.sleep(0.3)
+    assert ledger_mod.read_heartbeat(store, "r1")["at"] > first["at"]  # it beats
+    revision = Ledger.open(store, "r1").revision
+    assert revision == 2  # ... without writing the ledger
+    assert pickle.loads(pickle.dumps(ledger))._heartbeat is None  # a copy for a worker does not beat
+    ledger.finish_round("mode", 0, checkpoint="file:///c0")
+    last = ledger_mod.read_heartbeat(store, "r1")["at"]
+    time.sleep(0.3)
+    assert ledger_mod.read_heartbeat(store, "r1")["at"] == last  # it stopped with the round
+    assert 0.25 < ledger_mod.heartbeat_age(store, "r1") < ledger_mod.HEARTBEAT_STALE_SECONDS
