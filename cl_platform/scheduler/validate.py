@@ -39,11 +39,12 @@ class Verdict:
 
 def lineage_spec(store: Store, settings: LineageSettings) -> ModalitySpec:
     """The modality spec (vocabulary, image-token ranges) of the lineage's base model, resolved by
-    its suite like any run's (:func:`cl_platform.suites.resolve_model`); ``ValueError`` naming the model."""
-    from cl_platform.suites import resolve_model
+    its suite like any run's (:func:`cl_platform.suites.resolve_spec`: nothing written or trained);
+    ``ValueError`` naming the model."""
+    from cl_platform.suites import resolve_spec
 
     try:
-        return resolve_model(store, settings.run_request())[1]
+        return resolve_spec(store, settings.run_request())
     except ValueError as exc:
         raise ValueError(f"lineage model: {exc}") from None
 

@@ -11,8 +11,8 @@ Importing this package imports no suite: the registry loads a suite on first use
 """
 
 from cl_platform.suites.base import RunInputs, RunRequest, Suite
-from cl_platform.suites.inputs import resolve_model, resolve_run_inputs
+from cl_platform.suites.inputs import resolve_model, resolve_run_inputs, resolve_spec
 from cl_platform.suites.registry import DEFAULT_SUITE, available_suites, get_suite, register_suite
 
 __all__ = ["DEFAULT_SUITE", "RunInputs", "RunRequest", "Suite", "available_suites", "get_suite",
-           "register_suite", "resolve_model", "resolve_run_inputs"]
+           "register_suite", "resolve_model", "resolve_run_inputs", "resolve_spec"]

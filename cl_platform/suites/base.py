@@ -109,6 +109,11 @@ class Suite(ABC):
     def resolve_model(self, store: Store, request: RunRequest, log: Log) -> tuple[str, ModalitySpec]:
         """``(model URI, modality spec)`` of the base model."""
 
+    def resolve_spec(self, store: Store, request: RunRequest) -> ModalitySpec:
+        """The modality spec alone, without writing or training anything (task validation needs
+        only this). Default: the spec of :meth:`resolve_model`; suites that ship a model override it."""
+        return self.resolve_model(store, request, lambda msg: None)[1]
+
     @abstractmethod
     def resolve_tasks(self, store: Store, request: RunRequest) -> list[str]:
         """Task names of the run (before ``request.order`` is applied)."""

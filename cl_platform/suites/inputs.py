@@ -37,6 +37,11 @@ def resolve_model(store: Store, request: RunRequest, log: Log = print) -> tuple[
     return uri, _with_ranges(spec, request.image_token_ranges)
 
 
+def resolve_spec(store: Store, request: RunRequest) -> ModalitySpec:
+    """The modality spec of a request's model, writing and training nothing (for validating tasks)."""
+    return _with_ranges(suite_for(request).resolve_spec(store, request), request.image_token_ranges)
+
+
 def resolve_run_inputs(store: Store, request: RunRequest, log: Log = print) -> RunInputs:
     """Everything a run needs, checked; raises ``ValueError`` (or ``TaskValidationError``) naming a bad input."""
     from cl_platform.train.sequence import validate_tasks
@@ -59,4 +64,4 @@ def resolve_run_inputs(store: Store, request: RunRequest, log: Log = print) -> R
                      kd_stream=kd_stream, probe=probe)
 
 
-__all__ = ["resolve_model", "resolve_run_inputs", "suite_for"]
+__all__ = ["resolve_model", "resolve_run_inputs", "resolve_spec", "suite_for"]

@@ -172,7 +172,7 @@ class FakeJobClient:
             raise RuntimeError(f"Job with submission_id {submission_id} already exists. Please use a different submission_id.")
         argv = entrypoint.split()
         assert argv[:2] == ["python", FAKE_JOB]
-        proc = subprocess.run([sys.executable, *argv[1:]], capture_output=True, text=True, cwd=runtime_env["working_dir"])
+        proc = subprocess.run([sys.executable, *argv[1:]], capture_output=True, text=True, cwd=(runtime_env or {}).get("working_dir", ROOT))
         self.jobs[submission_id] = {"status": "SUCCEEDED" if proc.returncode == 0 else "FAILED",
                                     "logs": proc.stdout + proc.stderr, "rc": proc.returncode}
         return submission_id

@@ -47,6 +47,11 @@ class Digits(Suite):
             uri = ensure_base_model(store, log=log).uri
         return uri, DIGITS_SPEC
 
+    def resolve_spec(self, store: Store, request: RunRequest) -> ModalitySpec:
+        from cl_platform.suites.digits.vocab import DIGITS_SPEC
+
+        return DIGITS_SPEC
+
     def resolve_tasks(self, store: Store, request: RunRequest) -> list[str]:
         from cl_platform.suites.digits.publish import read_suite_info
 
