@@ -33,11 +33,13 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
+        allow_abbrev=False,
         description="Start a continual-learning round whenever a new task lands in the store, once per task, "
                     "on top of the lineage's latest model; quarantine bad tasks; report status.",
     )
     sub = p.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="watch the store and train new tasks (JSON event lines on stdout)")
+    run = sub.add_parser("run", allow_abbrev=False,
+                         help="watch the store and train new tasks (JSON event lines on stdout)")
     _common(run)
     run.add_argument("--ray-address", default=None,
                      help="Ray dashboard address (http://head:8265): rounds are Ray jobs; default: embedded Ray per round")
@@ -73,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--hook-command", default=None,
                    help="hook command (e.g. a sweep); placeholders {store} {lineage} {run} {tasks} {n}")
     s.add_argument("--reconfigure", action="store_true", help="replace stored settings that differ from these flags")
-    st = sub.add_parser("status", help="what the lineage learned, what is in flight, quarantined and failed")
+    st = sub.add_parser("status", allow_abbrev=False,
+                        help="what the lineage learned, what is in flight, quarantined and failed")
     _common(st)
     st.add_argument("--json", action="store_true", help="print the status as one JSON object")
     return p

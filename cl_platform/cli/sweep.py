@@ -10,6 +10,7 @@ from typing import Optional, Sequence
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
+        allow_abbrev=False,
         description="Sweep a continual-learning method's hyperparameters (KD weight, experts, LoRA ranks, lr) "
         "across task orders with Ray Tune + Optuna; writes a trials table, the best configuration(s) / Pareto set, "
         "a Pareto-front plot and a summary to <store>/sweeps/<name>/.",

@@ -9,12 +9,13 @@ or the training loop.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, ClassVar, Optional
 
 import torch
 from torch import nn
 
+from cl_platform.fields import setting, validate
 from cl_platform.models.modality import ModalitySpec
 from cl_platform.methods.kd import TeacherTargets
 
@@ -23,29 +24,25 @@ from cl_platform.methods.kd import TeacherTargets
 class MethodConfig:
     """Hyperparameters shared by the methods (each method reads the fields it needs).
 
-    Attributes:
-        r_text: rank of each text expert (MoDE, MoELoRA) or of the plain LoRA (SeqLoRA).
-        r_image: rank of MoDE's visual LoRA.
-        num_experts: text experts (MoDE, MoELoRA).
-        lora_alpha: LoRA scaling numerator (scale = alpha / rank).
-        lora_dropout: dropout on the adapter input.
-        target_modules: linear layers to adapt.
-        kd_weight: lambda of the KD term (methods with KD only).
-        kd_temperature: T of the KD term.
-        kd_top_k: K, teacher ids the KD distributions are renormalised on.
-        seed: seed of the adapter initialisation.
+    Each field's documentation, command-line flag, bounds and sweep role are in its declaration
+    (:func:`cl_platform.fields.setting`); construction checks every field (``ValueError`` naming it).
     """
 
-    r_text: int = 8
-    r_image: int = 8
-    num_experts: int = 4
-    lora_alpha: float = 16.0
-    lora_dropout: float = 0.05
-    target_modules: list[str] = field(default_factory=lambda: ["gate_proj", "up_proj", "down_proj"])
-    kd_weight: float = 0.3
-    kd_temperature: float = 2.0
-    kd_top_k: int = 256
-    seed: int = 0
+    r_text: int = setting(8, ge=1, sweep="search",
+                          help="rank of each text expert (MoDE, MoELoRA) or of the plain LoRA (SeqLoRA)")
+    r_image: int = setting(8, ge=1, sweep="search", help="rank of MoDE's visual LoRA")
+    num_experts: int = setting(4, ge=1, sweep="search", help="text experts (MoDE, MoELoRA)")
+    lora_alpha: float = setting(16.0, gt=0, sweep="search", help="LoRA scaling numerator (scale = alpha / rank)")
+    lora_dropout: float = setting(0.05, ge=0, lt=1, sweep="search", help="dropout on the adapter input")
+    target_modules: list[str] = setting(default_factory=lambda: ["gate_proj", "up_proj", "down_proj"], sweep="fixed",
+                                        help="names of the linear layers to adapt")
+    kd_weight: float = setting(0.3, ge=0, sweep="search", help="lambda of the KD term (methods with KD only)")
+    kd_temperature: float = setting(2.0, gt=0, sweep="fixed", help="T of the KD term")
+    kd_top_k: int = setting(256, ge=1, sweep="fixed", help="K, teacher ids the KD distributions are renormalised on")
+    seed: int = setting(0, ge=0, cli=False, help="seed of the adapter initialisation (the run's --seed)")
+
+    def __post_init__(self) -> None:
+        validate(self)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

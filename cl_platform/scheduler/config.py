@@ -8,6 +8,7 @@ should be trained alike.
 
 from __future__ import annotations
 
+import argparse
 import fnmatch
 import json
 import re
@@ -29,6 +30,30 @@ MAX_LINEAGE_CHARS = 40
 
 class LineageConfigError(ValueError):
     """The lineage's settings are invalid or conflict with what the command line asked for."""
+
+
+class _JobArgsParser(argparse.ArgumentParser):
+    def error(self, message: str):  # a settings error, not an exit
+        raise LineageConfigError(message)
+
+
+def check_job_args(job_args: Sequence[str]) -> None:
+    """Parse ``job_args`` as the sequence command's method, training and Ray settings would be
+    (the same generated arguments, values checked by the fields' declarations); never run.
+
+    Raises :class:`LineageConfigError` naming the setting, the unknown flag or the bad value.
+    """
+    if not job_args:
+        return
+    from cl_platform.train.config import add_setting_arguments
+
+    parser = _JobArgsParser(prog="job_args", add_help=False, allow_abbrev=False)
+    add_setting_arguments(parser)
+    try:
+        parser.parse_args(list(job_args))
+    except LineageConfigError as exc:
+        raise LineageConfigError(f"lineage setting job_args={list(job_args)!r}: {exc} (allowed: the method, "
+                                 "training and Ray settings of the sequence command)") from None
 
 
 def validate_lineage_name(name: Any) -> str:
@@ -121,6 +146,7 @@ class LineageSettings:
         bad = [a for a in self.job_args if a.split("=", 1)[0] in RESERVED_JOB_FLAGS]
         if bad:
             raise LineageConfigError(f"lineage setting job_args: {bad} are set by the scheduler; use the lineage settings")
+        check_job_args(self.job_args)
         if not self.include or not all(isinstance(p, str) and p for p in self.include):
             raise LineageConfigError(f"lineage setting include={self.include!r} must be a non-empty list of patterns")
         for name in ("min_rows", "max_attempts", "hook_every"):
@@ -216,6 +242,7 @@ __all__ = [
     "LineageSettings",
     "MAX_LINEAGE_CHARS",
     "RESERVED_JOB_FLAGS",
+    "check_job_args",
     "ensure_settings",
     "lineage_dir",
     "load_settings",

@@ -320,11 +320,10 @@ def check_resources(spec: SweepSpec) -> None:
 def build_plan(spec: SweepSpec, inputs, teacher_cache: Optional[str]):
     """The :class:`~cl_platform.sweeps.trial.TrialPlan` shared by every trial."""
     from cl_platform.methods import MethodConfig
-    from cl_platform.sweeps.space import SEARCHABLE, FIXED_ONLY
+    from cl_platform.sweeps.space import sweep_params
     from cl_platform.sweeps.trial import TrialPlan
 
-    method_fixed = {k: v for k, v in spec.fixed.items()
-                    if (SEARCHABLE[k].target if k in SEARCHABLE else FIXED_ONLY[k][0]) == "method"}
+    method_fixed = {k: v for k, v in spec.fixed.items() if sweep_params()[k].target == "method"}
     training_fixed = {k: v for k, v in spec.fixed.items() if k not in method_fixed}
     seed = training_fixed.get("seed", 0)
     method_config = {**MethodConfig().to_dict(), **method_fixed, "seed": seed}

@@ -41,11 +41,15 @@ error naming the key::
 
 Parsing never touches the store or Ray: :func:`load_sweep` / :func:`parse_sweep` check shapes,
 types and ranges, and that every order is a permutation of the task set (a task the suite does
-not have is named). The runner checks the tasks against the store again before anything starts.
+not have is named). What ``space`` and ``fixed`` may name, and each value's type and range, are
+the ``MethodConfig`` / ``SequenceConfig`` fields' own declarations (:func:`sweep_params`);
+``resources`` are checked like the ``SequenceConfig`` fields they become. The runner checks the
+tasks against the store again before anything starts.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import os
@@ -53,6 +57,8 @@ import random
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Optional, Sequence
+
+from cl_platform.fields import Setting, settings
 
 #: Sweep names become directory and run-name prefixes (``<sweep>-<trial id>-o<k>`` <= 64 chars).
 SWEEP_NAME_PATTERN = r"[a-z0-9][a-z0-9_-]{0,39}"
@@ -68,52 +74,39 @@ class SweepConfigError(ValueError):
 
 
 @dataclass(frozen=True)
-class ParamSpec:
-    """Which searchable hyperparameters exist and what values they accept.
+class SweepParam:
+    """A setting a sweep file may name: a ``MethodConfig`` or ``SequenceConfig`` field declared with a
+    sweep role (:func:`cl_platform.fields.setting`), whose kind and bounds are the field's own.
 
     Attributes:
         target: ``"method"`` (a ``MethodConfig`` field) or ``"training"`` (a ``SequenceConfig`` field).
-        integer: values must be integers (only ``choice`` is allowed for them).
-        low: smallest allowed value.
-        low_inclusive: whether ``low`` itself is allowed.
-        high: largest allowed value (``None``: unbounded), exclusive.
+        setting: the field's declaration; ``setting.sweep`` is ``"search"`` (searchable, or fixed)
+            or ``"fixed"`` (``fixed:`` only).
     """
 
     target: str
-    integer: bool
-    low: float
-    low_inclusive: bool = True
-    high: Optional[float] = None
+    setting: Setting
+
+    @property
+    def searchable(self) -> bool:
+        return self.setting.sweep == "search"
 
 
-#: The hyperparameters a sweep may search.
-SEARCHABLE: dict[str, ParamSpec] = {
-    "kd_weight": ParamSpec("method", False, 0.0),
-    "num_experts": ParamSpec("method", True, 1),
-    "r_text": ParamSpec("method", True, 1),
-    "r_image": ParamSpec("method", True, 1),
-    "lora_alpha": ParamSpec("method", False, 0.0, low_inclusive=False),
-    "lora_dropout": ParamSpec("method", False, 0.0, high=1.0),
-    "lr": ParamSpec("training", False, 0.0, low_inclusive=False),
-    "weight_decay": ParamSpec("training", False, 0.0),
-}
+@functools.cache
+def sweep_params() -> dict[str, SweepParam]:
+    """The settings a sweep file may name (``space:`` the searchable ones, listed first; ``fixed:`` all)."""
+    from cl_platform.methods.base import MethodConfig
+    from cl_platform.train.config import SequenceConfig
 
-#: Settings ``fixed:`` may hold besides the searchable ones: name -> (target, kind, minimum).
-FIXED_ONLY: dict[str, tuple[str, str, float]] = {
-    "kd_temperature": ("method", "float+", 0.0),
-    "kd_top_k": ("method", "int", 1),
-    "target_modules": ("method", "strlist", 0),
-    "steps_per_task": ("training", "int", 1),
-    "batch_size": ("training", "int", 1),
-    "kd_batch_size": ("training", "int", 1),
-    "warmup_frac": ("training", "float", 0.0),
-    "grad_clip": ("training", "float", 0.0),
-    "checkpoint_every": ("training", "int", 0),
-    "eval_batch_size": ("training", "int", 1),
-    "log_every": ("training", "int", 1),
-    "max_failures": ("training", "int", 0),
-    "seed": ("training", "int", 0),
-}
+    params = [SweepParam(target, s) for target, cls in (("method", MethodConfig), ("training", SequenceConfig))
+              for s in settings(cls).values() if s.sweep]
+    return {p.setting.name: p for p in sorted(params, key=lambda p: not p.searchable)}
+
+
+def searchable() -> list[str]:
+    """The hyperparameters a sweep may search."""
+    return [name for name, p in sweep_params().items() if p.searchable]
+
 
 _TOP_KEYS = ("name", "description", "store", "suite", "model", "spec", "kd_stream", "probe_stream", "probe_size",
              "method", "tasks",
@@ -131,7 +124,7 @@ class Distribution:
     """One searched hyperparameter.
 
     Attributes:
-        name: the hyperparameter (a key of :data:`SEARCHABLE`).
+        name: the hyperparameter (one of :func:`searchable`).
         type: ``"loguniform"``, ``"uniform"`` or ``"choice"``.
         low, high: bounds of ``loguniform`` / ``uniform`` (``low < high``).
         values: the options of ``choice`` (non-empty, no repeats).
@@ -261,7 +254,7 @@ class SweepSpec:
         tasks: the task set, in its listed order.
         orders: the task orders.
         space: the searched hyperparameters.
-        fixed: fixed settings (keys of :data:`SEARCHABLE` or :data:`FIXED_ONLY`).
+        fixed: fixed settings (keys of :func:`sweep_params`).
         search: search and scheduling.
         resources: per-trial Ray Train scaling.
     """
@@ -476,26 +469,22 @@ def _is_num(x: Any) -> bool:
 
 
 def _check_value(name: str, value: Any, where: str, fail) -> None:
-    p = SEARCHABLE[name]
-    if p.integer and not _is_int(value):
-        raise fail(where, f"{name} values must be integers, got {value!r}")
-    if not _is_num(value):
-        raise fail(where, f"{name} values must be numbers, got {value!r}")
-    low_ok = value >= p.low if p.low_inclusive else value > p.low
-    if not low_ok or (p.high is not None and value >= p.high):
-        bound = f"{'>=' if p.low_inclusive else '>'} {p.low:g}" + (f" and < {p.high:g}" if p.high is not None else "")
-        raise fail(where, f"{name} must be {bound}, got {value!r}")
+    """``value`` checked by the field's own declaration (kind and bounds)."""
+    problem = sweep_params()[name].setting.problem(value)
+    if problem:
+        raise fail(where, f"{name} {problem}")
 
 
 def _parse_space(value: Any, fail) -> tuple[Distribution, ...]:
+    names = searchable()
     if not isinstance(value, Mapping) or not value:
         raise fail("space", f"must be a non-empty mapping of hyperparameter -> distribution; searchable: "
-                            f"{', '.join(SEARCHABLE)}")
+                            f"{', '.join(names)}")
     out = []
     for name, dist in value.items():
         where = f"space.{name}"
-        if name not in SEARCHABLE:
-            raise fail(where, f"unknown hyperparameter {name!r}; searchable: {', '.join(SEARCHABLE)}")
+        if name not in names:
+            raise fail(where, f"unknown hyperparameter {name!r}; searchable: {', '.join(names)}")
         if not isinstance(dist, Mapping) or dist.get("type") not in _DIST_KEYS:
             raise fail(where, "must be {type: loguniform|uniform, low: .., high: ..} or {type: choice, values: [...]}"
                               f", got {dist!r}")
@@ -511,7 +500,7 @@ def _parse_space(value: Any, fail) -> tuple[Distribution, ...]:
                 raise fail(where + ".values", f"repeats a value: {values}")
             out.append(Distribution(name, "choice", values=tuple(values)))
             continue
-        if SEARCHABLE[name].integer:
+        if sweep_params()[name].setting.kind == "int":
             raise fail(where, f"{name} is an integer: use {{type: choice, values: [...]}}")
         low, high = dist.get("low"), dist.get("high")
         for bound, v in (("low", low), ("high", high)):
@@ -532,23 +521,14 @@ def _parse_fixed(value: Any, searched: set[str], fail) -> dict[str, Any]:
     if not isinstance(value, Mapping):
         raise fail("fixed", f"must be a mapping of setting -> value, got {value!r}")
     out = {}
-    allowed = list(SEARCHABLE) + list(FIXED_ONLY)
+    allowed = list(sweep_params())
     for key, v in value.items():
         where = f"fixed.{key}"
         if key not in allowed:
             raise fail(where, f"unknown setting {key!r}; allowed: {', '.join(allowed)}")
         if key in searched:
             raise fail(where, f"{key!r} is also in `space`: a setting is either searched or fixed")
-        if key in SEARCHABLE:
-            _check_value(key, v, where, fail)
-        else:
-            _, kind, low = FIXED_ONLY[key]
-            if kind == "int" and (not _is_int(v) or v < low):
-                raise fail(where, f"must be an integer >= {low:g}, got {v!r}")
-            if kind in ("float", "float+") and (not _is_num(v) or v < low or (kind == "float+" and v <= low)):
-                raise fail(where, f"must be a number {'>' if kind == 'float+' else '>='} {low:g}, got {v!r}")
-            if kind == "strlist" and (not isinstance(v, list) or not v or not all(isinstance(s, str) for s in v)):
-                raise fail(where, f"must be a non-empty list of module names, got {v!r}")
+        _check_value(key, v, where, fail)
         out[key] = v
     return out
 
@@ -608,15 +588,15 @@ def _parse_resources(value: Any, fail) -> ResourceSpec:
     if not isinstance(value, Mapping):
         raise fail("resources", f"must be a mapping of {', '.join(_RES_KEYS)}, got {value!r}")
     _check_keys(value, _RES_KEYS, "resources", fail)
-    nw = value.get("num_workers", 1)
-    if not _is_int(nw) or nw < 1:
-        raise fail("resources.num_workers", f"must be an integer >= 1, got {nw!r}")
-    out = {"num_workers": nw}
-    for key, default in (("cpus_per_worker", 1.0), ("gpus_per_worker", 0.0)):
-        v = value.get(key, default)
-        if not _is_num(v) or v < 0:
-            raise fail(f"resources.{key}", f"must be a number >= 0, got {v!r}")
-        out[key] = float(v)
+    from cl_platform.train.config import SequenceConfig
+
+    declared, d, out = settings(SequenceConfig), ResourceSpec(), {}
+    for key in _RES_KEYS:  # checked like the SequenceConfig fields they become (a sweep states its GPUs)
+        v = value.get(key, getattr(d, key))
+        problem = "must be a number, got None" if v is None else declared[key].problem(v)
+        if problem:
+            raise fail(f"resources.{key}", f"{key} {problem}")
+        out[key] = v if declared[key].kind == "int" else float(v)
     return ResourceSpec(**out)
 
 
@@ -624,14 +604,8 @@ def _parse_resources(value: Any, fail) -> ResourceSpec:
 
 
 def default_values() -> dict[str, Any]:
-    """The MoDE reference configuration of every searchable hyperparameter (platform defaults)."""
-    from cl_platform.methods import MethodConfig
-    from cl_platform.train.config import SequenceConfig
-
-    mc = MethodConfig()
-    out = {name: getattr(mc, name) for name, p in SEARCHABLE.items() if p.target == "method"}
-    out.update(lr=SequenceConfig.lr, weight_decay=SequenceConfig.weight_decay)
-    return out
+    """The MoDE reference configuration of every searchable hyperparameter (the fields' defaults)."""
+    return {name: p.setting.default for name, p in sweep_params().items() if p.searchable}
 
 
 def default_point(spec: SweepSpec) -> dict[str, Any]:
@@ -639,7 +613,7 @@ def default_point(spec: SweepSpec) -> dict[str, Any]:
 
     With ``orders.per_trial: search`` the default point uses the first order.
     """
-    defaults = {**default_values(), **{k: v for k, v in spec.fixed.items() if k in SEARCHABLE}}
+    defaults = {**default_values(), **{k: v for k, v in spec.fixed.items() if k in searchable()}}
     point = {d.name: defaults[d.name] for d in spec.space}
     if spec.orders.per_trial == "search":
         point["order"] = 0
@@ -647,7 +621,7 @@ def default_point(spec: SweepSpec) -> dict[str, Any]:
 
 
 def _check_default_in_space(space: Sequence[Distribution], fixed: Mapping[str, Any], fail) -> None:
-    defaults = {**default_values(), **{k: v for k, v in fixed.items() if k in SEARCHABLE}}
+    defaults = {**default_values(), **{k: v for k, v in fixed.items() if k in searchable()}}
     for d in space:
         if not d.contains(defaults[d.name]):
             raise fail(f"space.{d.name}", f"search.include_default needs the MoDE default {d.name}={defaults[d.name]!r} "

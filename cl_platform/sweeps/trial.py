@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from cl_platform.sweeps.space import SEARCHABLE
+from cl_platform.sweeps.space import sweep_params
 
 #: Metrics aggregated over orders (mean, ``_std``, per-order ``_o<k>``).
 AGGREGATED = ("avg_accuracy", "generation_score", "generation_drop")
@@ -82,15 +82,14 @@ def sequence_config(plan: TrialPlan, params: Mapping[str, Any], order: Sequence[
 
     method_cfg = dict(plan.method_config)
     training = {}
+    declared = sweep_params()
     for name, value in params.items():
         if name == "order":
             continue
-        if name not in SEARCHABLE:
+        p = declared.get(name)
+        if p is None or not p.searchable:
             raise ValueError(f"trial parameter {name!r} is not a searchable hyperparameter")
-        (method_cfg if SEARCHABLE[name].target == "method" else training)[name] = value
-    for k in ("num_experts", "r_text", "r_image"):
-        if k in method_cfg:
-            method_cfg[k] = int(method_cfg[k])
+        (method_cfg if p.target == "method" else training)[name] = int(value) if p.setting.kind == "int" else value
     seq = {**plan.sequence, **training}
     return SequenceConfig(run=run, store=plan.store, method=plan.method, tasks=list(order),
                           method_config=method_cfg, **seq)

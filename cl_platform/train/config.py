@@ -6,75 +6,70 @@ field is JSON-serialisable.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any, Optional
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping, Optional
+
+from cl_platform.fields import add_arguments, setting, validate
 
 
 @dataclass
 class SequenceConfig:
     """One method trained through a sequence of tasks.
 
-    Attributes:
-        run: run name (``<store>/runs/<run>/``).
-        store: store URL.
-        method: method name (``cl_platform.methods``).
-        method_config: ``MethodConfig`` fields.
-        tasks: task names in training order.
-        model_uri: URI of the base model directory (``save_pretrained`` output).
-        spec: ``ModalitySpec.to_dict()`` of the model's vocabulary.
-        kd_stream: name of the image-generation stream used for KD (methods that need a teacher).
-        teacher_cache: store path of the teacher cache for (base, kd stream, K, T).
-        probe: the generation probe (``ProbeSpec.to_dict()``, :mod:`cl_platform.eval.probe`;
-            ``None``: no generation score).
-        steps_per_task: optimiser steps per round.
-        batch_size: task rows per step per worker.
-        kd_batch_size: KD stream rows per step per worker.
-        lr: peak learning rate (cosine with warm-up, restarted every round).
-        warmup_frac: fraction of each round's steps used for linear warm-up.
-        weight_decay: AdamW weight decay.
-        grad_clip: gradient-norm clip (0 disables).
-        checkpoint_every: also checkpoint every N steps inside a round (0: round ends only).
-        eval_batch_size: prompts per generate call during evaluation.
-        seed: seed of data order, initialisation and sampling.
-        from_checkpoint: store path of an adapter to start from (another run's final checkpoint).
-        log_every: progress line every N steps.
-        num_workers, cpus_per_worker, gpus_per_worker: Ray Train scaling.
-        max_failures: worker-group restarts allowed (FailureConfig).
-        cache_rows: a worker whose shard of a task or of the KD stream has at most this many rows
-            keeps it in memory after its first pass streamed from Ray Data, and reshuffles it
-            there for every later pass (0: every pass is streamed).
-        torch_threads: torch intra-op threads per worker (0: one per whole CPU the worker
-            reserves, at least one).
+    Each field's documentation, bounds and (for the training and Ray scaling settings) command-line
+    flag are in its declaration (:func:`cl_platform.fields.setting`); construction checks every
+    field (``ValueError`` naming it).
     """
 
-    run: str
-    store: str
-    method: str
-    tasks: list[str]
-    model_uri: str
-    spec: dict
-    method_config: dict = field(default_factory=dict)
-    kd_stream: Optional[str] = None
-    teacher_cache: Optional[str] = None
-    probe: Optional[dict] = None
-    steps_per_task: int = 100
-    batch_size: int = 16
-    kd_batch_size: int = 8
-    lr: float = 3e-3
-    warmup_frac: float = 0.1
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    checkpoint_every: int = 0
-    eval_batch_size: int = 64
-    seed: int = 0
-    from_checkpoint: Optional[str] = None
-    log_every: int = 25
-    num_workers: int = 1
-    cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 0.0
-    max_failures: int = 2
-    cache_rows: int = 50_000
-    torch_threads: int = 0
+    run: str = setting(cli=False, help="run name (<store>/runs/<run>/)")
+    store: str = setting(cli=False, help="store URL")
+    method: str = setting(cli=False, help="method name (cl_platform.methods)")
+    tasks: list[str] = setting(cli=False, help="task names in training order")
+    model_uri: str = setting(cli=False, help="URI of the base model directory (save_pretrained output)")
+    spec: dict = setting(cli=False, help="ModalitySpec.to_dict() of the model's vocabulary")
+    method_config: dict = setting(default_factory=dict, cli=False, help="MethodConfig fields")
+    kd_stream: Optional[str] = setting(None, cli=False, help="name of the image-generation stream used for KD "
+                                                             "(methods that need a teacher)")
+    teacher_cache: Optional[str] = setting(None, cli=False,
+                                           help="store path of the teacher cache for (base, kd stream, K, T)")
+    probe: Optional[dict] = setting(None, cli=False, help="the generation probe (ProbeSpec.to_dict(), "
+                                                          "cl_platform.eval.probe; None: no generation score)")
+    steps_per_task: int = setting(100, ge=1, flag="--steps", group="training", sweep="fixed",
+                                  help="optimiser steps per task (round)")
+    batch_size: int = setting(16, ge=1, group="training", sweep="fixed", help="task rows per step per worker")
+    kd_batch_size: int = setting(8, ge=1, group="training", sweep="fixed", help="KD stream rows per step per worker")
+    lr: float = setting(3e-3, gt=0, group="training", sweep="search",
+                        help="peak learning rate (cosine with warm-up, restarted every round)")
+    warmup_frac: float = setting(0.1, ge=0, lt=1, group="training", sweep="fixed",
+                                 help="fraction of each round's steps used for linear warm-up")
+    weight_decay: float = setting(0.0, ge=0, group="training", sweep="search", help="AdamW weight decay")
+    grad_clip: float = setting(1.0, ge=0, group="training", sweep="fixed", help="gradient-norm clip (0 disables)")
+    checkpoint_every: int = setting(0, ge=0, group="training", sweep="fixed",
+                                    help="also checkpoint every N steps inside a round (0: round ends only)")
+    eval_batch_size: int = setting(64, ge=1, group="training", sweep="fixed",
+                                   help="prompts per generate call during evaluation")
+    seed: int = setting(0, ge=0, group="training", sweep="fixed",
+                        help="seed of data order, adapter initialisation and sampling")
+    from_checkpoint: Optional[str] = setting(None, cli=False, help="store path of an adapter to start from "
+                                                                   "(another run's final checkpoint)")
+    log_every: int = setting(25, ge=1, group="training", sweep="fixed", help="progress line every N steps")
+    num_workers: int = setting(1, ge=1, flag="--workers", group="ray", help="Ray Train workers (DDP)")
+    cpus_per_worker: float = setting(1.0, gt=0, group="ray", help="CPUs each worker reserves")
+    gpus_per_worker: Optional[float] = setting(None, ge=0, group="ray",
+                                               help="GPUs each worker reserves (default: 1 when the cluster has "
+                                                    "GPUs, else 0; resolved once Ray is up)")
+    max_failures: int = setting(2, ge=0, group="ray", sweep="fixed",
+                                help="worker-group restarts allowed (Ray Train FailureConfig)")
+    cache_rows: int = setting(50_000, ge=0, group="ray",
+                              help="a worker whose shard of a task or of the KD stream has at most this many rows "
+                                   "keeps it in memory after its first pass streamed from Ray Data, and reshuffles "
+                                   "it there for every later pass (0: every pass is streamed)")
+    torch_threads: int = setting(0, ge=0, flag="--threads-per-worker", group="ray",
+                                 help="torch intra-op threads per worker (0: one per whole CPU the worker reserves, "
+                                      "at least one)")
+
+    def __post_init__(self) -> None:
+        validate(self)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -87,3 +82,26 @@ class SequenceConfig:
     def method_prefix(self) -> str:
         """Store path of this method's artifacts inside the run."""
         return f"runs/{self.run}/{self.method}"
+
+
+def auto_gpus_per_worker(cluster_resources: Mapping[str, float]) -> float:
+    """``gpus_per_worker`` when the config leaves it to the cluster (``None``): 1 when the cluster
+    (``ray.cluster_resources()``) has a whole GPU, else 0."""
+    return 1.0 if float(cluster_resources.get("GPU", 0.0)) >= 1 else 0.0
+
+
+def add_setting_arguments(parser: Any, *, notes: Optional[Mapping[str, str]] = None) -> dict[str, Any]:
+    """Add the sequence command's settings to ``parser``: the groups ``methods`` (``MethodConfig``),
+    ``training`` and ``Ray`` (``SequenceConfig``), generated from the fields (:func:`cl_platform.fields.add_arguments`).
+
+    Returns the groups by title, for a command to add its own arguments to them. ``notes`` as in
+    :func:`~cl_platform.fields.add_arguments`.
+    """
+    from cl_platform.methods.base import MethodConfig
+
+    groups = {}
+    for title, cls, group in (("methods", MethodConfig, ""), ("training", SequenceConfig, "training"),
+                              ("Ray", SequenceConfig, "ray")):
+        groups[title] = parser.add_argument_group(title)
+        add_arguments(groups[title], cls, group=group, notes=notes)
+    return groups

@@ -19,7 +19,7 @@ from cl_platform.data.task_format import dataset_dir, read_stream, read_task
 from cl_platform.methods import MethodConfig, get_method
 from cl_platform.models.modality import ModalitySpec
 from cl_platform.store import Store
-from cl_platform.train.config import SequenceConfig
+from cl_platform.train.config import SequenceConfig, auto_gpus_per_worker
 from cl_platform.train.ledger import Ledger
 
 
@@ -199,6 +199,8 @@ def run_sequence(
 
     ``resume`` continues an interrupted run from its ledger (finished rounds are not redone);
     ``from_run`` starts every method from that run's final adapter of the same method.
+    ``base_cfg.gpus_per_worker`` ``None`` (auto) becomes 1 when the cluster has a GPU, else 0, once
+    Ray is up (logged; the ledger records the resolved value).
     """
     from cl_platform.train.resources import init_ray, validate_resources
 
@@ -213,6 +215,12 @@ def run_sequence(
     started = init_ray(ray_address, runtime_env=runtime_env_for_store(store))
     ray_start_s = time.time() - t_ray
     try:
+        if base_cfg.gpus_per_worker is None:  # auto: decided by the cluster Ray now knows
+            import ray
+
+            cluster = ray.cluster_resources()
+            base_cfg = replace(base_cfg, gpus_per_worker=auto_gpus_per_worker(cluster))
+            log(f"gpus_per_worker: {base_cfg.gpus_per_worker:g} (auto; the cluster has {cluster.get('GPU', 0):g} GPU)")
         # one whole CPU beyond the workers: each Ray Data read or map task asks for one
         validate_resources(base_cfg.num_workers, base_cfg.cpus_per_worker, base_cfg.gpus_per_worker, extra_cpus=1.0)
         config = {**base_cfg.to_dict(), "methods": list(methods), "from_run": from_run}

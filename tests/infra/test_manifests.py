@@ -179,7 +179,7 @@ def _sequence(argv: list[str], what: str) -> Launch:
 
     args = _parse(build_parser().parse_args, argv, what)
     gpw = args.gpus_per_worker if args.gpus_per_worker is not None else 0.0
-    return Launch("jobs/sequence.py", args, gpus=args.workers * gpw, cpus_per_worker=args.cpus_per_worker,
+    return Launch("jobs/sequence.py", args, gpus=args.num_workers * gpw, cpus_per_worker=args.cpus_per_worker,
                   gpus_per_worker=gpw)
 
 
@@ -498,7 +498,7 @@ def test_command_extraction_joins_continuations():
             "    --workers 2", "ray up x.yaml", "python -c 'print(1)'"]
     cmds = _commands_in_lines(text)
     assert cmds[0].endswith("python jobs/sequence.py --workers 2") and len(cmds) == 2
-    assert launch_of(shlex.split(cmds[0]), "t").args.workers == 2
+    assert launch_of(shlex.split(cmds[0]), "t").args.num_workers == 2
     assert launch_of(shlex.split(cmds[1]), "t") is None
     with pytest.raises(pytest.fail.Exception, match="refused"):
         launch_of(["python", "jobs/sequence.py", "--no-such-flag"], "t")

@@ -86,9 +86,10 @@ def test_empty_choices_and_lists(doc, where):
 @pytest.mark.parametrize("doc, where, words", [
     (bad(space__r_text={"type": "choice", "values": [4, 0]}), "space.r_text.values", "r_text must be >= 1, got 0"),
     (bad(space__r_image={"type": "choice", "values": [-8]}), "space.r_image.values", "r_image must be >= 1, got -8"),
-    (bad(space__num_experts={"type": "choice", "values": [2, 2.5]}), "space.num_experts.values", "integers"),
+    (bad(space__num_experts={"type": "choice", "values": [2, 2.5]}), "space.num_experts.values",
+     "num_experts must be an integer, got 2.5"),
     (bad(space__r_text={"type": "loguniform", "low": 1, "high": 8}), "space.r_text", "use {type: choice"),
-    (bad(fixed__steps_per_task=0), "fixed.steps_per_task", "must be an integer >= 1, got 0"),
+    (bad(fixed__steps_per_task=0), "fixed.steps_per_task", "steps_per_task must be >= 1, got 0"),
     (bad(space__kd_weight={"type": "loguniform", "low": 0.0, "high": 1.0}), "space.kd_weight.low", "low > 0"),
     (bad(space__lr={"type": "loguniform", "low": 1e-2, "high": 1e-3}), "space.lr", "must be below high"),
 ])
@@ -173,3 +174,83 @@ def test_resume_with_a_changed_sweep_file_is_refused():
     with pytest.raises(SweepChangedError, match=r"differs at: fixed, space"):
         _check_same_spec(parse_sweep(bad(fixed__steps_per_task=8, space__r_text={"type": "choice", "values": [8]})),
                          recorded)
+
+
+def test_sweep_settings_are_the_config_fields():
+    from cl_platform.fields import settings
+    from cl_platform.methods import MethodConfig
+    from cl_platform.sweeps.space import searchable, sweep_params
+    from cl_platform.train.config import SequenceConfig
+
+    assert searchable() == ["r_text", "r_image", "num_experts", "lora_alpha", "lora_dropout", "kd_weight", "lr",
+                            "weight_decay"]
+    for cls, target in ((MethodConfig, "method"), (SequenceConfig, "training")):
+        for name, s in settings(cls).items():
+            if s.sweep:
+                assert sweep_params()[name].target == target and sweep_params()[name].setting is s
+            else:
+                assert name not in sweep_params() or name == "seed" and target == "method"
+    assert sweep_params()["seed"].target == "training"  # the run's seed (the method's follows it)
+    assert not {"num_workers", "cpus_per_worker", "gpus_per_worker"} & set(sweep_params())  # under `resources`
+
+
+#: A value its dataclass refuses, for every setting a sweep file may name.
+REFUSED = {"r_text": 0, "r_image": 0, "num_experts": 0, "lora_alpha": 0.0, "lora_dropout": 1.0, "kd_weight": -1.0,
+           "target_modules": [], "kd_temperature": 0.0, "kd_top_k": 0, "lr": 0.0, "weight_decay": -1.0,
+           "steps_per_task": 0, "batch_size": 0, "kd_batch_size": 0, "warmup_frac": 1.0, "grad_clip": -1.0,
+           "checkpoint_every": -1, "eval_batch_size": 0, "seed": -1, "log_every": 0, "max_failures": -1}
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED))
+def test_fixed_values_are_checked_by_the_fields_own_validation(name):
+    from cl_platform.methods import MethodConfig
+    from cl_platform.sweeps.space import sweep_params
+    from cl_platform.train.config import SequenceConfig
+
+    assert set(REFUSED) == set(sweep_params())
+    value = REFUSED[name]
+    doc = bad(**{f"fixed__{name}": value})
+    doc["space"].pop(name, None)
+    with pytest.raises(SweepConfigError) as e:
+        parse_sweep(doc, source="x.yaml")
+    problem = sweep_params()[name].setting.problem(value)
+    assert str(e.value) == f"x.yaml: fixed.{name}: {name} {problem}"
+    with pytest.raises(ValueError) as e:  # the same words from the dataclass itself
+        if sweep_params()[name].target == "method":
+            MethodConfig(**{name: value})
+        else:
+            SequenceConfig(run="r", store="s", method="mode", tasks=["a"], model_uri="m", spec={}, **{name: value})
+    assert str(e.value).endswith(f".{name} {problem}")
+
+
+@pytest.mark.parametrize("resources, where, words", [
+    ({"num_workers": 0}, "resources.num_workers", "num_workers must be >= 1, got 0"),
+    ({"cpus_per_worker": 0}, "resources.cpus_per_worker", "cpus_per_worker must be > 0, got 0"),
+    ({"gpus_per_worker": -1}, "resources.gpus_per_worker", "gpus_per_worker must be >= 0, got -1"),
+    ({"gpus_per_worker": None}, "resources.gpus_per_worker", "gpus_per_worker must be a number, got None"),
+])
+def test_resources_are_checked_like_the_sequence_fields(resources, where, words):
+    with pytest.raises(SweepConfigError) as e:
+        parse_sweep(bad(resources=resources), source="x.yaml")
+    assert str(e.value) == f"x.yaml: {where}: {words}"
+    r = parse_sweep(bad(resources={"num_workers": 2, "cpus_per_worker": 1, "gpus_per_worker": 1})).resources
+    assert (r.num_workers, r.cpus_per_worker, r.gpus_per_worker) == (2, 1.0, 1.0)
+
+
+def test_plan_sends_each_fixed_setting_to_its_dataclass():
+    from types import SimpleNamespace
+
+    from cl_platform.sweeps.runner import build_plan
+    from cl_platform.sweeps.trial import sequence_config
+
+    spec = parse_sweep(bad(fixed={"steps_per_task": 4, "kd_top_k": 16, "target_modules": ["q_proj"], "seed": 3,
+                                  "warmup_frac": 0.2}))
+    inputs = SimpleNamespace(store=SimpleNamespace(url="file:///s"), sequence_fields=lambda: {
+        "model_uri": "m", "spec": {}, "kd_stream": None, "probe": None})
+    plan = build_plan(spec, inputs, None)
+    assert plan.method_config["kd_top_k"] == 16 and plan.method_config["target_modules"] == ["q_proj"]
+    assert plan.method_config["seed"] == 3 and "steps_per_task" not in plan.method_config
+    assert plan.sequence["steps_per_task"] == 4 and plan.sequence["warmup_frac"] == 0.2 and "kd_top_k" not in plan.sequence
+    cfg = sequence_config(plan, {"num_experts": 2.0, "lr": 1e-3, "order": 0}, ["parity", "name"], "t-1")
+    assert cfg.method_config["num_experts"] == 2 and isinstance(cfg.method_config["num_experts"], int)
+    assert cfg.lr == 1e-3 and cfg.seed == 3
