@@ -15,7 +15,7 @@ def build_parser() -> argparse.ArgumentParser:
         "across task orders with Ray Tune + Optuna; writes a trials table, the best configuration(s) / Pareto set, "
         "a Pareto-front plot and a summary to <store>/sweeps/<name>/.",
     )
-    p.add_argument("--config", required=True, help="sweep YAML file (e.g. sweeps/digits_quick.yaml)")
+    p.add_argument("--config", required=True, help="sweep YAML file (e.g. one of sweeps/*.yaml)")
     p.add_argument("--store", default=None, help="store URL (overrides the file's `store`)")
     p.add_argument("--name", default=None, help="sweep name (overrides the file's `name`)")
     p.add_argument("--num-samples", type=int, default=None, help="number of trials (overrides search.num_samples)")

@@ -1,12 +1,12 @@
 """Sweep specifications: the YAML file of ``sweeps/sweep.py``, parsed and validated.
 
-A sweep file (see ``sweeps/digits_quick.yaml``) has these top-level keys; anything else is an
+A sweep file (see the YAML files in ``sweeps/``) has these top-level keys; anything else is an
 error naming the key::
 
-    name: digits_quick                  # results under <store>/sweeps/<name>/
+    name: quick                         # results under <store>/sweeps/<name>/
     description: ...                    # optional free text, copied into the summary
     store: null                         # store URL (default: the platform's; --store overrides)
-    suite: digits                       # where tasks, model and probe come from (cl_platform.suites);
+    suite: null                         # where tasks, model and probe come from (cl_platform.suites);
                                         # default: `tasks` when a model is given, else the default suite
     model: null                         # base model store path/URI (default: the suite's base)
     spec: null                          # "anole" or a ModalitySpec JSON file (default: the model's config)
@@ -325,7 +325,7 @@ def parse_sweep(doc: Any, *, source: str = "<dict>") -> SweepSpec:
 
     name = doc.get("name")
     if not isinstance(name, str) or not _SWEEP_NAME_RE.fullmatch(name):
-        raise fail("name", f"must match {SWEEP_NAME_PATTERN} (lower-case letters, digits, '_' and '-'; "
+        raise fail("name", f"must match {SWEEP_NAME_PATTERN} (lower-case letters, numbers, '_' and '-'; "
                            f"1-40 characters), got {name!r}")
     from cl_platform.suites import DEFAULT_SUITE, available_suites, get_suite
 
