@@ -13,6 +13,30 @@ A :class:`Store` is a root URL plus paths relative to it. Two backends, one API:
 Paths are relative, ``/``-separated, and checked before any join: an empty component, ``.``,
 ``..``, a leading ``/`` or a backslash raises ``ValueError`` naming the path.
 
+Nothing leaves the store:
+
+- On ``file://`` every operation resolves the real path of its target (symbolic links followed, at
+  any level) and refuses one outside the store's real root with :class:`StoreEscapeError` (a
+  ``ValueError`` naming the path): reads, writes, ``exists``, ``is_dir``, ``info``, deletes. Listings
+  (``list``, ``walk``, ``glob``) skip such entries and never descend into a linked directory that
+  leaves the store. (A link swapped in between the check and the use is not guarded against: the
+  store's directory must not be writable by someone you do not trust.)
+- ``get_dir`` checks the relative key of every object it is about to download with the store's
+  path rule (no ``..``, no absolute part, no backslash) before it creates anything: an S3 key
+  such as ``prefix/../../x`` raises ``ValueError`` naming it, and nothing is created outside (or
+  inside) the target directory.
+
+Credentials (S3) never travel with the store. A store pickles as its URL and its non-secret
+options (endpoint, region); the key, secret and session token that came from the environment are
+left out and resolved again from the environment of the process that unpickles it (on a cluster:
+the pod's environment from the Kubernetes Secret, or an instance role / IRSA with no keys at all).
+:meth:`Store.pyarrow_filesystem` builds its ``S3FileSystem`` without keys, so that it too resolves
+them through the AWS default chain wherever it is unpickled (Ray Data read tasks, Ray Train's
+storage). Credentials passed explicitly (``key=``, ``secret=``, ``token=``) are the caller's: they
+stay in the store's pickle, and ``pyarrow_filesystem()`` refuses such a store unless asked for a
+filesystem meant for this process only (``explicit_credentials=True``). For Ray, put them in the
+environment instead.
+
 Atomicity (what a concurrent reader can observe):
 
 - ``write_bytes`` / ``write_json`` / ``write_parquet`` / ``open_write`` never expose a partial
@@ -123,6 +147,10 @@ class StoreInfo:
 
 class StoreLocationError(ValueError):
     """A local store inside a submitted Ray job's working-directory copy (lost with the job)."""
+
+
+class StoreEscapeError(ValueError):
+    """A ``file://`` store path whose real path (symbolic links followed) lies outside the store."""
 
 
 class ConflictError(RuntimeError):
@@ -241,8 +269,10 @@ class Store:
         **storage_options: for S3 only: ``endpoint_url``, ``key``, ``secret``, ``token``,
             ``region``, plus anything else ``s3fs.S3FileSystem`` accepts.
 
-    A store pickles as its URL and resolved options (credentials included), so it can be shipped
-    to Ray workers; the filesystem object is rebuilt lazily on the other side.
+    A store pickles as its URL and resolved options without the credentials that came from the
+    environment (explicit ``key``/``secret``/``token`` stay), so it can be shipped to Ray workers;
+    the receiving process resolves credentials from its own environment, and the filesystem
+    object is rebuilt lazily there.
     """
 
     def __init__(self, url: str | None = None, **storage_options: Any) -> None:
@@ -274,6 +304,7 @@ class Store:
             self._options = _resolve_s3_options(storage_options)
         else:
             raise ValueError(f"store URL {url!r}: unsupported scheme {scheme!r}; use file://, a local path, or s3://")
+        self._explicit_credentials = frozenset(k for k in _CREDENTIAL_OPTIONS if storage_options.get(k) is not None)
         self._fs: fsspec.AbstractFileSystem | None = None
 
     # ----------------------------------------------------------------------------- plumbing
@@ -306,10 +337,16 @@ class Store:
         return self._fs
 
     def __getstate__(self) -> dict:
-        return {"protocol": self.protocol, "_root": self._root, "_options": dict(self._options), "_fs": None}
+        explicit = getattr(self, "_explicit_credentials", frozenset())
+        options = {k: v for k, v in self._options.items() if k not in _CREDENTIAL_OPTIONS or k in explicit}
+        return {"protocol": self.protocol, "_root": self._root, "_options": options,
+                "_explicit_credentials": explicit, "_fs": None}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
+        self.__dict__.setdefault("_explicit_credentials", frozenset())
+        if self.protocol == "s3":  # credentials from this process's environment (class docstring)
+            self._options = _resolve_s3_options(self._options)
 
     def __repr__(self) -> str:
         return f"Store({self.url!r})"
@@ -320,9 +357,26 @@ class Store:
     def __hash__(self) -> int:
         return hash(self.url)
 
-    def _full(self, path: str, *, allow_root: bool = False) -> str:
+    def _joined(self, path: str, *, allow_root: bool = False) -> str:
+        """``path`` checked (:func:`check_path`) and joined to the root; no filesystem access."""
         check_path(path, allow_root=allow_root)
         return self._root if path == "" else f"{self._root.rstrip('/')}/{path}"
+
+    def _full(self, path: str, *, allow_root: bool = False) -> str:
+        """The full path an operation on ``path`` uses: checked, and on file:// inside the store's real root."""
+        full = self._joined(path, allow_root=allow_root)
+        if self.is_local:
+            real = os.path.realpath(full)
+            if not _within(real, os.path.realpath(self._root)):
+                raise StoreEscapeError(
+                    f"store {self.url}: path {path!r} resolves to {real}, outside the store (a symbolic "
+                    "link leads out of it); refused"
+                )
+        return full
+
+    def _inside(self, full: str) -> bool:
+        """For listings: False for a file:// entry whose real path leaves the store (always True on S3)."""
+        return not self.is_local or _within(os.path.realpath(full), os.path.realpath(self._root))
 
     def _rel(self, full: str) -> str:
         full = full.rstrip("/")
@@ -337,7 +391,7 @@ class Store:
 
     def uri(self, path: str = "") -> str:
         """Full URL of ``path``: ``file:///abs/root/path`` or ``s3://bucket/prefix/path``."""
-        full = self._full(path, allow_root=True)
+        full = self._joined(path, allow_root=True)
         return ("file://" if self.is_local else "s3://") + full
 
     def sub(self, path: str) -> "Store":
@@ -535,12 +589,13 @@ class Store:
                 lpath = os.path.join(dirpath, name)
                 rel = os.path.relpath(lpath, local_dir).replace(os.sep, "/")
                 pairs.append((lpath, join(path, check_path(rel, what=f"file under {local_dir!r}"))))
+        targets = [self._full(rp) for _, rp in pairs]  # every target checked before the first write
         if self.is_local:
-            for lpath, rpath in pairs:
-                with open(lpath, "rb") as src, _local_atomic_file(self._full(rpath)) as dst:
+            for (lpath, _), full in zip(pairs, targets):
+                with open(lpath, "rb") as src, _local_atomic_file(full) as dst:
                     shutil.copyfileobj(src, dst, 1 << 20)
         elif pairs:
-            self.fs.put([lp for lp, _ in pairs], [self._full(rp) for _, rp in pairs])
+            self.fs.put([lp for lp, _ in pairs], targets)
         return sorted(rp for _, rp in pairs)
 
     def get_dir(self, path: str, local_dir: str | os.PathLike) -> str:
@@ -549,14 +604,26 @@ class Store:
         files = self.walk(path)
         if not files:
             raise FileNotFoundError(errno.ENOENT, "no objects under this prefix", self.uri(path))
-        lpaths = []
-        for rel in files:
-            sub = rel[len(path) + 1:] if rel != path else posixpath.basename(rel)
-            lpath = os.path.join(local_dir, *sub.split("/"))
+        # every key is checked before anything is created (module docstring)
+        lpaths = [self._download_target(path, rel, local_dir) for rel in files]
+        for lpath in lpaths:
             os.makedirs(os.path.dirname(lpath), exist_ok=True)
-            lpaths.append(lpath)
         self.fs.get([self._full(r) for r in files], lpaths)
         return local_dir
+
+    def _download_target(self, prefix: str, rel: str, local_dir: str) -> str:
+        """The local path under ``local_dir`` of the listed object ``rel`` of ``prefix``.
+
+        ``ValueError`` naming the object if its key relative to ``prefix`` breaks the store's path
+        rule (``..``, an empty or absolute part, a backslash): it would land outside ``local_dir``.
+        """
+        sub = rel[len(prefix) + 1:] if rel != prefix else posixpath.basename(rel)
+        shown = f"{self.url.rstrip('/')}/{rel}"
+        check_path(sub, what=f"object {shown!r}: key relative to {self.uri(prefix)!r}")
+        lpath = os.path.join(local_dir, *sub.split("/"))
+        if not _within(os.path.abspath(lpath), os.path.abspath(local_dir)):
+            raise ValueError(f"object {shown!r} would be written to {lpath}, outside {local_dir}; refused")
+        return lpath
 
     def delete(self, path: str, *, recursive: bool = False, missing_ok: bool = False) -> None:
         """Delete an object, or a whole prefix with ``recursive=True``.
@@ -582,7 +649,11 @@ class Store:
     # ----------------------------------------------------------------------------- listing
 
     def exists(self, path: str) -> bool:
-        """True if an object or a non-empty prefix exists at ``path``."""
+        """True if an object or a non-empty prefix exists at ``path``.
+
+        On file://, a path that a symbolic link leads out of the store raises
+        :class:`StoreEscapeError` (as every operation on it does) rather than answering.
+        """
         return bool(self.fs.exists(self._full(path, allow_root=True)))
 
     def is_dir(self, path: str) -> bool:
@@ -603,16 +674,23 @@ class Store:
             return []
         if len(entries) == 1 and entries[0]["type"] == "file" and entries[0]["name"].rstrip("/").split("://")[-1] == full:
             raise NotADirectoryError(errno.ENOTDIR, "is an object, not a prefix", self.uri(prefix))
-        names = {posixpath.basename(e["name"].rstrip("/")) for e in entries}
+        names = {posixpath.basename(e["name"].rstrip("/")) for e in entries if self._inside(e["name"])}
         return sorted(n for n in names if n and not n.startswith(TMP_PREFIX))
 
     def walk(self, prefix: str = "") -> list[str]:
-        """Store paths of every object under ``prefix`` (recursively), sorted; ``[]`` if absent."""
+        """Store paths of every object under ``prefix`` (recursively), sorted; ``[]`` if absent.
+
+        On file:// a symbolic link whose target leaves the store is skipped (and a linked directory
+        outside it is not entered).
+        """
         full = self._full(prefix, allow_root=True)
-        try:
-            found = self.fs.find(full)
-        except FileNotFoundError:
-            return []
+        if self.is_local:
+            found = _local_find(full, os.path.realpath(self._root))
+        else:
+            try:
+                found = self.fs.find(full)
+            except FileNotFoundError:
+                return []
         out = [self._rel(f) for f in found]
         return sorted(p for p in out if p and not posixpath.basename(p).startswith(TMP_PREFIX))
 
@@ -620,7 +698,7 @@ class Store:
         """Store paths matching a glob ``pattern`` relative to the root (``tasks/*/_READY``), sorted."""
         check_path(pattern, what="glob pattern")
         found = self.fs.glob(self._full(pattern))
-        out = [self._rel(f) for f in found]
+        out = [self._rel(f) for f in found if self._inside(f)]
         return sorted(p for p in out if p and not posixpath.basename(p).startswith(TMP_PREFIX))
 
     def info(self, path: str) -> StoreInfo:
@@ -651,32 +729,45 @@ class Store:
         """The resolved fsspec storage options (for ``fsspec.open(store.uri(p), **opts)``)."""
         return {} if self.is_local else dict(self._options)
 
-    def pyarrow_filesystem(self) -> tuple[Any, str]:
+    def pyarrow_filesystem(self, *, explicit_credentials: bool = False) -> tuple[Any, str]:
         """``(pyarrow.fs.FileSystem, root path without scheme)`` for Ray Data / Ray Train.
 
-        For S3: an ``S3FileSystem`` with the same credentials, region and endpoint (as
-        ``endpoint_override`` + ``scheme``); paths given to Ray are ``<root>/<path>`` with no
-        ``s3://``. For file://: a ``LocalFileSystem`` and the absolute root directory.
+        For S3: an ``S3FileSystem`` with the store's region and endpoint (as ``endpoint_override``
+        + ``scheme``) and no keys: it resolves credentials through the AWS default chain
+        (environment variables, web identity / IRSA, instance profile) in whichever process uses
+        it, so it can be pickled into Ray tasks and checkpoints without carrying a secret. Paths
+        given to Ray are ``<root>/<path>`` with no ``s3://``. For file://: a ``LocalFileSystem``
+        and the absolute root directory.
+
+        A store built with explicit ``key``/``secret``/``token`` raises ``ValueError``: its keys
+        would travel in every pickle of the filesystem. Put them in the environment of every Ray
+        process instead, or pass ``explicit_credentials=True`` for a filesystem that carries them,
+        to be used in this process only and never handed to Ray.
         """
         import pyarrow.fs as pafs
 
         if self.is_local:
             return pafs.LocalFileSystem(), self._root
         opts = self._options
-        kwargs: dict[str, Any] = {
-            "access_key": opts.get("key"),
-            "secret_key": opts.get("secret"),
-            "session_token": opts.get("token"),
-            "region": opts.get("region") or "us-east-1",
-        }
+        kwargs: dict[str, Any] = {"region": opts.get("region") or "us-east-1"}
         endpoint = opts.get("endpoint_url")
         if endpoint:
             parsed = urlparse(endpoint if "://" in endpoint else "https://" + endpoint)
             kwargs["endpoint_override"] = parsed.netloc + parsed.path.rstrip("/")
             kwargs["scheme"] = parsed.scheme
         if opts.get("anon"):
-            kwargs = {"anonymous": True, **{k: v for k, v in kwargs.items() if k not in ("access_key", "secret_key", "session_token")}}
-        kwargs = {k: v for k, v in kwargs.items() if v is not None}
+            return pafs.S3FileSystem(anonymous=True, **kwargs), self._root
+        if self._explicit_credentials:
+            if not explicit_credentials:
+                given = ", ".join(f"{k}=" for k in sorted(self._explicit_credentials))
+                raise ValueError(
+                    f"store {self.url} was given credentials explicitly ({given}); a pyarrow filesystem "
+                    "carrying them would put them in every pickle sent to Ray. Set AWS_ACCESS_KEY_ID / "
+                    "AWS_SECRET_ACCESS_KEY (/ AWS_SESSION_TOKEN) in the environment of every Ray process "
+                    "(or use an instance role / IRSA) and build the store without them, or pass "
+                    "explicit_credentials=True for a filesystem used in this process only"
+                )
+            kwargs.update({name: opts.get(key) for key, name in _PYARROW_CREDENTIALS.items() if opts.get(key)})
         return pafs.S3FileSystem(**kwargs), self._root
 
 
@@ -686,6 +777,46 @@ def as_store(store: "Store | str | None") -> Store:
 
 
 # ------------------------------------------------------------------------------------ helpers
+
+#: Storage options that are credentials: never pickled unless given explicitly (module docstring).
+_CREDENTIAL_OPTIONS = ("key", "secret", "token")
+
+#: Store option -> ``pyarrow.fs.S3FileSystem`` argument, for explicit credentials only.
+_PYARROW_CREDENTIALS = {"key": "access_key", "secret": "secret_key", "token": "session_token"}
+
+
+def _within(real: str, real_root: str) -> bool:
+    """True if the absolute path ``real`` is ``real_root`` or lies under it."""
+    return real == real_root or real.startswith(real_root.rstrip("/") + "/")
+
+
+def _local_find(top: str, real_root: str) -> list[str]:
+    """Every file under ``top`` (or ``top`` itself, a file) whose real path stays in ``real_root``.
+
+    Symbolic links are followed only while they stay inside ``real_root``; a linked directory
+    outside is not entered, and one that leads back to its own ancestor (a loop) is not entered
+    again. Nothing under a missing ``top``.
+    """
+    if os.path.isfile(top):
+        return [top] if _within(os.path.realpath(top), real_root) else []
+    found: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
+        here = os.path.realpath(dirpath)
+        dirnames[:] = sorted(d for d in dirnames if _enterable(os.path.join(dirpath, d), here, real_root))
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            if not os.path.islink(path) or _within(os.path.realpath(path), real_root):
+                found.append(path)
+    return found
+
+
+def _enterable(path: str, real_parent: str, real_root: str) -> bool:
+    """For :func:`_local_find`: a directory entry stays inside the store and is not a link to an ancestor."""
+    if not os.path.islink(path):
+        return True
+    real = os.path.realpath(path)
+    return _within(real, real_root) and not _within(real_parent, real)
+
 
 
 def _resolve_s3_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -859,6 +990,7 @@ __all__ = [
     "STORE_ENV",
     "Store",
     "StoreInfo",
+    "StoreEscapeError",
     "StoreLocationError",
     "as_store",
     "check_path",
