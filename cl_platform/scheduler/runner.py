@@ -273,13 +273,20 @@ class RayJobRunner:
         return self._client
 
     def _runtime_env(self, store_url: str) -> dict[str, Any]:
-        from cl_platform.train.resources import runtime_env_for_store
+        """The runtime_env of a submitted job: the store's non-secret AWS settings and Ray switches.
+
+        Never credentials (Ray serves a job's runtime_env to anyone who reaches its dashboard): the
+        job's driver and workers get them from the cluster's environment (Kubernetes Secret, IRSA,
+        instance profile, or the environment the local head was started with).
+        """
+        from cl_platform.train.resources import public_env_vars, runtime_env_for_store
 
         env = runtime_env_for_store(store_url)
-        env.setdefault("env_vars", {})["RAY_USAGE_STATS_ENABLED"] = "0"
-        # the round's driver passes the same AWS_* variables to ray.init again; let the job's own
-        # runtime env be merged with (overridden by) it instead of rejected as a conflict
-        env["env_vars"]["RAY_OVERRIDE_JOB_RUNTIME_ENV"] = "1"
+        env_vars = {**env.get("env_vars", {}), "RAY_USAGE_STATS_ENABLED": "0",
+                    # the round's driver passes the same AWS settings to ray.init again; let the job's own
+                    # runtime env be merged with (overridden by) it instead of rejected as a conflict
+                    "RAY_OVERRIDE_JOB_RUNTIME_ENV": "1"}
+        env["env_vars"] = public_env_vars(env_vars)
         return {"working_dir": self.working_dir, **env} if self.working_dir else env
 
     def submit(self, inflight: InFlightRound, args: list[str], store_url: str) -> dict[str, Any]:

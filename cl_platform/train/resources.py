@@ -34,6 +34,9 @@ from cl_platform.store import Store
 # Ray rounds resource quantities to 1e-4; compare with a tolerance below that.
 _EPS = 1e-6
 
+# Any of these set: AWS credentials need no instance metadata (see init_ray).
+_NO_INSTANCE_METADATA_NEEDED = ("AWS_ACCESS_KEY_ID", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
+
 
 class InsufficientResourcesError(ValueError):
     """A training request asks for more CPUs or GPUs than the Ray cluster has.
@@ -202,14 +205,19 @@ def init_ray(
       :func:`default_temp_dir`), no dashboard (so the State API's absence is not logged every
       second: :mod:`cl_platform.train.ray_logging`), usage stats off (``RAY_USAGE_STATS_ENABLED=0``),
       ``num_cpus`` CPUs (default: all); returns True, and the caller should ``ray.shutdown()``.
+      Its workers inherit this process's environment, AWS credentials included.
 
     ``runtime_env`` is passed to ``ray.init`` (e.g. :func:`runtime_env_for_store`).
     """
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
+    if not (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")):
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a token given: Ray's own choice (token auth)
+    if any(os.environ.get(name) for name in _NO_INSTANCE_METADATA_NEEDED):
+        # static keys or a non-AWS endpoint: skip the instance-metadata lookups (slow off EC2); left
+        # alone otherwise, so that an instance profile still gives credentials
+        os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
     address = address or os.environ.get("RAY_ADDRESS") or None
     kwargs: dict[str, Any] = {"log_to_driver": True}
     if runtime_env:
@@ -239,36 +247,67 @@ def init_ray(
     return True
 
 
-#: Environment variables forwarded to Ray workers for an S3 store besides every ``AWS_*``.
-_ALWAYS_FORWARD = {"AWS_EC2_METADATA_DISABLED": "true"}
+#: The AWS settings a Ray ``runtime_env`` may carry for an S3 store: where the store is and how
+#: to reach it, never who one is. Credentials (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
+#: ``AWS_SESSION_TOKEN``, ``AWS_SECURITY_TOKEN``, ...) are not forwarded: Ray's job API and
+#: dashboard show a runtime_env to anyone who can reach them. ``AWS_PROFILE`` is not forwarded
+#: either: a profile is a file on the machine that named it, and a worker takes its credentials
+#: from its own environment.
+FORWARDED_AWS_SETTINGS = (
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_EC2_METADATA_DISABLED",
+)
+
+#: Parts of a variable name that mark it as a secret: such a variable never enters a runtime_env.
+SECRET_NAME_PARTS = ("SECRET", "TOKEN", "PASSWORD", "PASSWD", "KEY", "CREDENTIAL")
+
+
+def is_secret_env_name(name: str) -> bool:
+    """True if the variable ``name`` looks like it holds a secret (:data:`SECRET_NAME_PARTS`)."""
+    upper = name.upper()
+    return any(part in upper for part in SECRET_NAME_PARTS)
+
+
+def public_env_vars(env: dict[str, str]) -> dict[str, str]:
+    """``env`` without the variables whose names look secret (:func:`is_secret_env_name`)."""
+    return {k: v for k, v in env.items() if not is_secret_env_name(k)}
 
 
 def runtime_env_for_store(store: Store | str | None) -> dict[str, Any]:
-    """A Ray ``runtime_env`` giving workers this process's AWS settings when the store is S3.
+    """A Ray ``runtime_env`` giving workers this process's non-secret AWS settings for an S3 store.
 
-    For an ``s3://`` store: ``{"env_vars": {...}}`` with every ``AWS_*`` variable set here
-    (endpoint, credentials, region, ...) and ``AWS_EC2_METADATA_DISABLED=true`` unless set. For a
-    local store (or ``None``, the default local store): ``{}``.
+    For an ``s3://`` store: ``{"env_vars": {...}}`` with those of :data:`FORWARDED_AWS_SETTINGS`
+    that are set here (endpoint, region, ``AWS_EC2_METADATA_DISABLED``); ``{}`` when none is. For
+    a local store (or ``None``, the default local store): ``{}``.
 
-    Note: runtime_env variables are visible in the job's metadata (dashboard, ``ray job``
-    commands) to anyone who can reach the cluster.
+    Never credentials: a runtime_env is visible in the job's metadata (dashboard, ``ray job``
+    commands) to anyone who can reach the cluster. Workers get their credentials the way the
+    cluster gives them: processes started by a local ``ray.init()`` or by ``make ray-up`` inherit
+    the environment of the process that started Ray; Kubernetes pods get the AWS variables from
+    the Secret (``envFrom``) or an IAM role for the service account (IRSA); VMs an instance
+    profile. The store's pyarrow filesystem resolves them there (``Store.pyarrow_filesystem``).
     """
     url = store.url if isinstance(store, Store) else (store or "")
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     if scheme not in ("s3", "s3a"):
         return {}
-    env = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
-    for k, v in _ALWAYS_FORWARD.items():
-        env.setdefault(k, v)
-    return {"env_vars": dict(sorted(env.items()))}
+    env = public_env_vars({k: os.environ[k] for k in FORWARDED_AWS_SETTINGS if os.environ.get(k)})
+    return {"env_vars": dict(sorted(env.items()))} if env else {}
 
 
 __all__ = [
     "ClusterCapacity",
+    "FORWARDED_AWS_SETTINGS",
     "InsufficientResourcesError",
+    "SECRET_NAME_PARTS",
     "cluster_capacity",
     "default_temp_dir",
     "init_ray",
+    "is_secret_env_name",
+    "public_env_vars",
     "runtime_env_for_store",
     "use_gpu_auto",
     "validate_resources",

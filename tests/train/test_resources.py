@@ -53,14 +53,14 @@ def test_http_address_is_explained(monkeypatch):
         init_ray()
 
 
-def test_runtime_env_for_store_forwards_aws_for_s3_only(monkeypatch):
+def test_runtime_env_for_store_forwards_aws_settings_for_s3_only(monkeypatch):
     from cl_platform.store import Store
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
-    monkeypatch.delenv("AWS_EC2_METADATA_DISABLED", raising=False)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     env = runtime_env_for_store("s3://bucket/prefix")["env_vars"]
-    assert env["AWS_ACCESS_KEY_ID"] == "k" and env["AWS_ENDPOINT_URL"] == "http://127.0.0.1:9"
+    assert "AWS_ACCESS_KEY_ID" not in env and env["AWS_ENDPOINT_URL"] == "http://127.0.0.1:9"
     assert env["AWS_EC2_METADATA_DISABLED"] == "true"
     assert all(k.startswith("AWS_") for k in env)
     assert runtime_env_for_store(Store("s3://bucket/p"))["env_vars"] == env
