@@ -20,7 +20,7 @@ import signal
 import sys
 from typing import Any, Optional, Sequence
 
-from cl_platform.scheduler.config import LineageConfigError, ensure_settings, validate_lineage_name
+from cl_platform.scheduler.config import LineageConfigError, settings_from_command_line, validate_lineage_name
 from cl_platform.scheduler.lease import DEFAULT_TTL, Lease, new_holder_id
 from cl_platform.store import Store, default_store_url
 from cl_platform.suites import available_suites
@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--working-dir", default=None,
                      help="with --ray-address: upload this folder as every job's working dir (e.g. '.', a checkout whose "
                           "files hook commands read); default none: rounds run the package installed on the cluster")
-    s = run.add_argument_group("lineage settings (stored in lineages/<name>/lineage.json on first use)")
+    s = run.add_argument_group("lineage settings (from these flags only; recorded in lineages/<name>/lineage.json "
+                               "for status, never read back)")
     s.add_argument("--method", default=None, help="continual-learning method (default mode)")
     s.add_argument("--suite", choices=available_suites(), default=None,
                    help="where each round's model and probe come from (default: 'tasks' with --model, else the built-in benchmark)")
@@ -74,7 +75,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--hook-every", type=int, default=None, help="policy hook: run --hook-command after every K learned tasks")
     s.add_argument("--hook-command", default=None,
                    help="hook command (e.g. a sweep); placeholders {store} {lineage} {run} {tasks} {n}")
-    s.add_argument("--reconfigure", action="store_true", help="replace stored settings that differ from these flags")
     st = sub.add_parser("status", allow_abbrev=False,
                         help="what the lineage learned, what is in flight, quarantined and failed")
     _common(st)
@@ -116,7 +116,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     store = Store(args.store)
     lineage = validate_lineage_name(args.lineage)
-    settings = ensure_settings(store, lineage, settings_overrides(args), reconfigure=args.reconfigure)
+    settings = settings_from_command_line(settings_overrides(args))
     if args.ray_address:
         runner = RayJobRunner(args.ray_address, job_script=args.job_script, working_dir=args.working_dir)
     else:

@@ -1,9 +1,11 @@
-"""A lineage's settings: ``<store>/lineages/<name>/lineage.json``.
+"""A lineage's settings: what its rounds train and which tasks it accepts.
 
-Created by the first ``scheduler run --lineage NAME`` (from its flags, defaults for the rest) and
-read by every later one. A later ``run`` that passes a flag whose value differs from the stored
-setting is refused (naming the settings) unless ``--reconfigure`` is given: rounds of one lineage
-should be trained alike.
+Settings come only from the scheduler's command line (which a deployment fills from its
+ConfigMap or environment), with defaults for the rest. The store is writable by every data owner,
+so nothing that changes what runs (commands, hooks, job arguments, the model) is ever read from
+it: ``<store>/lineages/<name>/lineage.json`` is a *record* of the settings in force, written at
+every start for ``status``; a start whose settings differ from the record reports each difference
+(the ``settings_differ`` event) and goes on with its own.
 """
 
 from __future__ import annotations
@@ -193,48 +195,57 @@ def settings_path(lineage: str) -> str:
     return f"{lineage_dir(lineage)}/lineage.json"
 
 
-def load_settings(store: Store, lineage: str) -> Optional[LineageSettings]:
-    """The stored settings of ``lineage``; ``None`` when it has none yet."""
-    path = settings_path(lineage)
+#: Longest value of one setting shown in a difference report.
+_MAX_SHOWN_CHARS = 200
+
+
+def settings_from_command_line(overrides: Mapping[str, Any]) -> LineageSettings:
+    """The settings in force: ``overrides`` (what the command line, the ConfigMap or the environment
+    set) over the defaults; raises :class:`LineageConfigError` naming the bad setting."""
+    return LineageSettings.from_dict(dict(overrides), where="command line")
+
+
+def load_settings_record(store: Store, lineage: str) -> Optional[dict[str, Any]]:
+    """The settings the last scheduler of ``lineage`` recorded (raw data, never validated nor
+    obeyed); ``None`` when there is no readable record."""
     try:
-        doc = store.read_json(path)
+        doc = json.loads(store.read_bytes(settings_path(lineage)).decode("utf-8"))
     except FileNotFoundError:
         return None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise LineageConfigError(f"{store.uri(path)} is not valid JSON: {exc}") from None
-    return LineageSettings.from_dict(doc.get("settings", {}), where=store.uri(path))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    settings = doc.get("settings") if isinstance(doc, dict) else None
+    return settings if isinstance(settings, dict) else None
 
 
-def ensure_settings(store: Store, lineage: str, overrides: Mapping[str, Any], *,
-                    reconfigure: bool = False) -> LineageSettings:
-    """The lineage's settings, created from ``overrides`` + defaults on first use.
+def _shown(value: Any) -> Any:
+    text = json.dumps(value, default=str)
+    return value if len(text) <= _MAX_SHOWN_CHARS else text[:_MAX_SHOWN_CHARS] + "..."
 
-    ``overrides`` holds only what the caller set explicitly. With stored settings, an override
-    that differs raises :class:`LineageConfigError` naming the settings, unless ``reconfigure``,
-    which rewrites them (later rounds use the new settings; learned ones are not redone).
+
+def settings_differences(recorded: Optional[Mapping[str, Any]], in_force: LineageSettings) -> dict[str, dict[str, Any]]:
+    """``{setting: {"recorded": ..., "in_force": ...}}`` for every setting of the record whose value
+    differs from the one in force (a recorded key that is no setting shows ``in_force: None``)."""
+    if not recorded:
+        return {}
+    current = in_force.to_dict()
+    return {str(k): {"recorded": _shown(v), "in_force": _shown(current.get(k))}
+            for k, v in sorted(recorded.items(), key=lambda kv: str(kv[0])) if v != current.get(k)}
+
+
+def record_settings(store: Store, lineage: str, settings: LineageSettings, *, holder: Optional[str] = None,
+                    at: Optional[float] = None) -> dict[str, dict[str, Any]]:
+    """Write ``lineages/<name>/lineage.json``: a record of the settings in force (for ``status``
+    and for the next start's report). Returns the differences from the previous record.
+
+    The record is data: the next scheduler compares its own settings with it and reports what
+    differs; it never reads a setting from it.
     """
-    stored = load_settings(store, lineage)
-    if stored is None:
-        settings = LineageSettings.from_dict(dict(overrides), where="command line")
-        doc = {"lineage": lineage, "settings": settings.to_dict()}
-        data = (json.dumps(doc, indent=2) + "\n").encode()
-        if store.write_bytes_if_absent(settings_path(lineage), data):
-            return settings
-        stored = load_settings(store, lineage)  # another scheduler created it first
-        assert stored is not None
-    current = stored.to_dict()
-    diff = sorted(k for k, v in overrides.items() if current.get(k) != v)
-    if not diff:
-        return stored
-    if not reconfigure:
-        shown = ", ".join(f"{k}: stored {current.get(k)!r}, asked {overrides[k]!r}" for k in diff)
-        raise LineageConfigError(
-            f"lineage {lineage!r} already has settings ({store.uri(settings_path(lineage))}) that differ from the "
-            f"command line ({shown}); drop those flags, or pass --reconfigure to change them for later rounds"
-        )
-    settings = LineageSettings.from_dict({**current, **overrides}, where="command line")
-    store.write_json(settings_path(lineage), {"lineage": lineage, "settings": settings.to_dict()})
-    return settings
+    diff = settings_differences(load_settings_record(store, lineage), settings)
+    doc = {"lineage": lineage, "settings": settings.to_dict(), "recorded_by": holder, "recorded_at": at,
+           "note": "a record of the settings in force; the scheduler takes its settings from its command line only"}
+    store.write_json(settings_path(lineage), doc)
+    return diff
 
 
 __all__ = [
@@ -243,9 +254,11 @@ __all__ = [
     "MAX_LINEAGE_CHARS",
     "RESERVED_JOB_FLAGS",
     "check_job_args",
-    "ensure_settings",
     "lineage_dir",
-    "load_settings",
+    "load_settings_record",
+    "record_settings",
+    "settings_differences",
+    "settings_from_command_line",
     "settings_path",
     "validate_lineage_name",
 ]

@@ -22,6 +22,7 @@ from typing import Any, Callable, Optional, TextIO
 #: Every event name the scheduler emits, with what it means.
 EVENTS: dict[str, str] = {
     "started": "a scheduler process started (settings, store, runner)",
+    "settings_differ": "the settings recorded in lineage.json differ from the command line's, which are in force",
     "lease_waiting": "another scheduler holds the lineage lease; this one waits",
     "lease_acquired": "this scheduler now holds the lease and acts on the lineage",
     "lease_lost": "the lease was taken over (this one stopped renewing in time); it stops acting",

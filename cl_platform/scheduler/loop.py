@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Optional
 
-from cl_platform.scheduler.config import LineageSettings, lineage_dir
+from cl_platform.scheduler.config import LineageSettings, lineage_dir, record_settings
 from cl_platform.scheduler.detect import content_fingerprint, listing_signature, scan_tasks
 from cl_platform.scheduler.events import EventLog
 from cl_platform.scheduler.lease import Lease, LeaseKeeper, LeaseLost
@@ -172,6 +172,7 @@ class Scheduler:
                 if not self._wait_for_lease():
                     code = EXIT_NO_LEASE if not self.stop_event.is_set() else EXIT_OK
                     break
+                self._record_settings()
                 self._keeper = LeaseKeeper(self.lease).start()
                 try:
                     code = self._act()
@@ -190,6 +191,18 @@ class Scheduler:
                 self.events.emit("lease_released")
             self.events.emit("stopped", code=code, permanent_failures=self.permanent_failures)
         return code
+
+    def _record_settings(self) -> None:
+        """Record the settings in force in ``lineage.json`` and report how they differ from the
+        last record (which is data: never obeyed)."""
+        try:
+            diff = record_settings(self.store, self.lineage, self.settings, holder=self.lease.holder, at=self.clock())
+        except Exception as exc:  # the record is for people; a failed write must not stop the lineage
+            self.events.emit("error", error=f"recording the settings: {type(exc).__name__}: {exc}")
+            return
+        if diff:
+            self.events.emit("settings_differ", differences=diff,
+                             note="lineage.json held other settings; the command line's are in force")
 
     def _wait_for_lease(self) -> bool:
         start = self.clock()

@@ -6,7 +6,7 @@ import datetime as _dt
 import time
 from typing import Any, Optional
 
-from cl_platform.scheduler.config import load_settings
+from cl_platform.scheduler.config import LineageConfigError, LineageSettings, load_settings_record
 from cl_platform.scheduler.lease import Lease
 from cl_platform.scheduler.state import StateStore
 from cl_platform.store import Store
@@ -15,25 +15,45 @@ from cl_platform.store import Store
 def build_status(store: Store, lineage: str, *, now: Optional[float] = None) -> dict[str, Any]:
     """Everything ``status`` shows, as one JSON-able dict.
 
-    Keys: ``lineage``, ``store``, ``settings`` (``None`` before the first ``run``), ``state``
+    Keys: ``lineage``, ``store``, ``settings`` (the settings the last ``run`` recorded, ``None``
+    before the first or when the record is unreadable), ``state``
     (the stored state, see :class:`~cl_platform.scheduler.state.LineageState`), ``lease``
     (current record plus ``active``), ``current_model`` (run and checkpoint of the latest
     learned task, ``None`` before the first).
     """
     now = time.time() if now is None else now
-    settings = load_settings(store, lineage)
+    settings = _recorded_settings(store, lineage)
     state = StateStore(store, lineage).load()
     lease = Lease(store, lineage, holder="status").current()
     latest = state.latest
     return {
         "lineage": lineage,
         "store": store.url,
-        "settings": settings.to_dict() if settings else None,
+        "settings": settings,
         "state": state.to_dict(),
         "lease": None if lease is None else {**lease.__dict__, "active": not lease.free(now)},
         "current_model": None if latest is None else {"run": latest.run, "checkpoint": latest.checkpoint,
                                                        "tasks": state.learned_names()},
     }
+
+
+def _recorded_settings(store: Store, lineage: str) -> Optional[dict[str, Any]]:
+    """The recorded settings when they are valid settings (the record is in the shared store:
+    anything else is shown as missing rather than trusted)."""
+    record = load_settings_record(store, lineage)
+    if record is None:
+        return None
+    try:
+        return LineageSettings.from_dict(record).to_dict()
+    except (LineageConfigError, TypeError, ValueError):
+        return None
+
+
+def _shown(text: Any, limit: int = 120) -> str:
+    """``text`` safe for a terminal: control characters and non-ASCII escaped (a task name, a reason
+    or an error comes from the store, where anyone may write), cut to ``limit`` characters."""
+    out = str(text).encode("unicode_escape").decode("ascii")
+    return out if len(out) <= limit else out[: limit - 3] + "..."
 
 
 def _t(epoch: Optional[float]) -> str:
@@ -51,6 +71,7 @@ def _num(v: Any) -> str:
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    rows = [[_shown(c, 200) for c in r] for r in rows]
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
     return [line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows]
@@ -61,11 +82,11 @@ def format_status(status: dict[str, Any]) -> str:
     out = [f"lineage {status['lineage']}  store {status['store']}"]
     s = status["settings"]
     if s is None:
-        out.append("no settings yet: the lineage has never been run")
+        out.append("no settings recorded: the lineage has never been run (or its record is unreadable)")
     else:
         base = f"suite {s['suite']}" if s.get("suite") else f"model {s['model']}"
-        out.append(f"method {s['method']}  base {base}  quick {s['quick']}  steps {s['steps'] or 'default'}  "
-                   f"include {','.join(s['include'])}  min_rows {s['min_rows']}  max_attempts {s['max_attempts']}")
+        out.append(_shown(f"method {s['method']}  base {base}  quick {s['quick']}  steps {s['steps'] or 'default'}  "
+                          f"include {','.join(s['include'])}  min_rows {s['min_rows']}  max_attempts {s['max_attempts']}", 400))
     lease = status["lease"]
     if lease is None:
         out.append("lease: never taken")
@@ -87,7 +108,7 @@ def format_status(status: dict[str, Any]) -> str:
     inf = st["in_flight"]
     out.append("")
     if inf:
-        out.append(f"in flight: task {inf['task']}  run {inf['run']}  attempt {inf['attempt']}  "
+        out.append(f"in flight: task {_shown(inf['task'])}  run {inf['run']}  attempt {inf['attempt']}  "
                    f"{inf['runner']} {inf['submission_id']}" + (f" pid {inf['pid']}" if inf.get("pid") else "")
                    + f"  submitted {_t(inf.get('submitted_at'))}")
     else:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from cl_platform.scheduler.config import RESERVED_JOB_FLAGS, LineageConfigError, LineageSettings, ensure_settings
+from cl_platform.scheduler.config import (
+    RESERVED_JOB_FLAGS, LineageConfigError, LineageSettings, record_settings, settings_from_command_line,
+)
 from cl_platform.store import Store
 
 
@@ -42,12 +44,16 @@ def test_reserved_flags_stay_reserved(flag):
         LineageSettings(job_args=[f"{flag}=x"])
 
 
-def test_stored_and_command_line_settings_are_checked(tmp_path):
+def test_command_line_settings_are_checked_and_a_record_is_never_read_back(tmp_path):
     store = Store(f"file://{tmp_path}/store")
     with pytest.raises(LineageConfigError, match=r"job_args=\['--r-text', '0'\]: argument --r-text: must be >= 1"):
-        ensure_settings(store, "l", {"job_args": ["--r-text", "0"]})
-    assert not store.exists("lineages/l/lineage.json")
-    ensure_settings(store, "l", {"job_args": ["--r-text", "4"]})
-    store.write_json("lineages/l/lineage.json", {"lineage": "l", "settings": {"job_args": ["--r-txt", "4"]}})
-    with pytest.raises(LineageConfigError, match="unrecognized arguments: --r-txt 4"):
-        ensure_settings(store, "l", {})
+        settings_from_command_line({"job_args": ["--r-text", "0"]})
+    settings = settings_from_command_line({"job_args": ["--r-text", "4"]})
+    assert record_settings(store, "l", settings) == {}
+    assert store.read_json("lineages/l/lineage.json")["settings"]["job_args"] == ["--r-text", "4"]
+    # a record someone rewrote: reported as a difference, never parsed into settings
+    store.write_json("lineages/l/lineage.json", {"lineage": "l", "settings": {"job_args": ["--r-txt", "4"], "x": 1}})
+    diff = record_settings(store, "l", settings)
+    assert diff == {"job_args": {"recorded": ["--r-txt", "4"], "in_force": ["--r-text", "4"]},
+                    "x": {"recorded": 1, "in_force": None}}
+    assert store.read_json("lineages/l/lineage.json")["settings"]["job_args"] == ["--r-text", "4"]

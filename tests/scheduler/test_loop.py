@@ -243,7 +243,7 @@ def _cli(*args, env=None, timeout=120):
                           capture_output=True, text=True, cwd=ROOT, env=e, timeout=timeout)
 
 
-def test_cli_run_once_status_and_settings_conflict(tmp_path):
+def test_cli_run_once_status_and_settings_change(tmp_path):
     from cl_platform.scheduler.events import parse_events
     from cl_platform.store import Store
 
@@ -268,8 +268,13 @@ def test_cli_run_once_status_and_settings_conflict(tmp_path):
     assert "not valid JSON" in doc["state"]["quarantined"]["t2"]["reason"]
     table = _cli("status", "--store", url, "--lineage", "cli").stdout
     assert "cli-1-t" in table and "0.750" in table and "quarantined (1)" in table
-    conflict = _cli("run", "--store", url, "--lineage", "cli", "--once", "--steps", "5")
-    assert conflict.returncode == 2 and "steps: stored 2, asked 5" in conflict.stderr
+    # other flags on a later start: in force, and the difference from the record is reported
+    again = _cli("run", "--store", url, "--lineage", "cli", "--once", "--steps", "5", "--poll-seconds", "0.2",
+                 "--log-dir", str(tmp_path / "logs"), "--job-script", FAKE_JOB)
+    assert again.returncode == 0, again.stderr
+    differ = [e for e in parse_events(again.stdout) if e["event"] == "settings_differ"]
+    assert differ and differ[0]["differences"]["steps"] == {"recorded": 2, "in_force": 5}
+    assert json.loads(store.read_bytes("lineages/cli/lineage.json"))["settings"]["steps"] == 5
 
 
 def test_a_scheduler_whose_lease_is_taken_over_stops_and_the_new_holder_reattaches(file_harness):

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cl_platform.data.task_format import write_task
-from cl_platform.scheduler.config import LineageSettings, ensure_settings
+from cl_platform.scheduler.config import LineageSettings
 from cl_platform.scheduler.events import EventLog
 from cl_platform.scheduler.lease import Lease
 from cl_platform.scheduler.loop import Scheduler, SchedulerOptions
@@ -26,7 +26,7 @@ FAKE_JOB = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 def small_task(store: Store, name: str, *, rows: int = 4, token: int = 30, spec_id: str = DIGITS_SPEC.spec_id) -> dict:
     """Write a tiny valid task (ids inside the digits vocabulary) and return its manifest."""
     train = {"tokens": [[1, token, DIGITS_SPEC.sep_id, token + 1, 2]] * rows, "answer_start": [3] * rows}
-    ev = {"prompt_tokens": [[1, token, DIGITS_SPEC.sep_id]] * 2, "answer_tokens": [[token + 1, 2]] * 2,
+    ev = {"prompt_tokens": [[1, token + 1, DIGITS_SPEC.sep_id]] * 2, "answer_tokens": [[token + 2, 2]] * 2,
           "answer": ["x", "x"]}
     return write_task(store, name, train, ev, spec_id=spec_id, overwrite=True)
 
@@ -117,7 +117,6 @@ class Harness:
     def scheduler(self, *, once: bool = True, ttl: float = 30.0, env: Optional[dict] = None,
                   holder: Optional[str] = None, settings: Optional[LineageSettings] = None, poll: float = 0.2) -> Scheduler:
         settings = settings or self.settings
-        ensure_settings(self.store, self.lineage, settings.to_dict(), reconfigure=True)
         runner = EmbeddedRunner(str(self.tmp_path / "logs"), job_script=FAKE_JOB, env=env)
         lease = Lease(self.store, self.lineage, holder, ttl=ttl)
         events = EventLog(self.lineage, lease.holder, stream=None)
