@@ -30,8 +30,21 @@ class TaskValidationError(ValueError):
         return (_rebuild, (self.task, self.file, self.reason, self.kind))
 
 
+class TaskChangedError(TaskValidationError):
+    """A dataset's files are not the ones that were validated: its manifest's sha256 differs from
+    the digest taken at validation, or a listed file's sha256 or size differs from its manifest
+    entry. ``file`` names the file that changed."""
+
+    def __reduce__(self):
+        return (_rebuild_changed, (self.task, self.file, self.reason, self.kind))
+
+
 def _rebuild(task: str, file: str | None, reason: str, kind: str) -> TaskValidationError:
     return TaskValidationError(task, file, reason, kind=kind)
 
 
-__all__ = ["TaskValidationError"]
+def _rebuild_changed(task: str, file: str | None, reason: str, kind: str) -> TaskChangedError:
+    return TaskChangedError(task, file, reason, kind=kind)
+
+
+__all__ = ["TaskChangedError", "TaskValidationError"]

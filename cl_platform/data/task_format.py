@@ -60,7 +60,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from cl_platform.data.errors import TaskValidationError
+from cl_platform.data.errors import TaskChangedError, TaskValidationError
+from cl_platform.data.limits import DEFAULT_LIMITS, FALLBACK_MAX_TOKENS, MAX_NAME_CHARS, TaskLimits, json_depth
 from cl_platform.store import Store, as_store, check_path
 
 #: Manifest schema version this code writes and reads.
@@ -147,6 +148,8 @@ class Task:
         train: train rows (``tokens``, ``answer_start``, any extra columns).
         eval: eval rows (``prompt_tokens``, ``answer_tokens``, optional ``answer``).
         files: split -> full URIs of its parquet parts, in order (for Ray Data).
+        digest: sha256 of the ``manifest.json`` bytes that were validated (see
+            :func:`verify_dataset`).
     """
 
     name: str
@@ -154,6 +157,7 @@ class Task:
     train: pa.Table
     eval: pa.Table
     files: dict[str, list[str]]
+    digest: str = ""
 
     @property
     def spec_id(self) -> str:
@@ -170,12 +174,14 @@ class Stream:
         manifest: the parsed ``manifest.json``.
         data: rows (``tokens``, optional ``prompt_len`` / ``label``, any extra columns).
         files: ``{"data": [URIs of its parquet parts]}``.
+        digest: sha256 of the ``manifest.json`` bytes that were validated.
     """
 
     name: str
     manifest: dict
     data: pa.Table
     files: dict[str, list[str]]
+    digest: str = ""
 
     @property
     def spec_id(self) -> str:
@@ -228,6 +234,8 @@ class TaskWriter:
             A leftover without ``_READY`` (an interrupted write) is always replaced.
         vocab_size: when given, ids are checked against it before anything is written.
         meta: free-form JSON provenance stored as the manifest's ``meta``.
+        limits: the reader's bounds the rows are written for (``None``: :data:`DEFAULT_LIMITS`);
+            its ``unknown_columns`` rule decides whether an extra column is refused.
     """
 
     def __init__(
@@ -241,8 +249,10 @@ class TaskWriter:
         overwrite: bool = False,
         vocab_size: int | None = None,
         meta: Mapping[str, Any] | None = None,
+        limits: TaskLimits | None = None,
     ) -> None:
         self.kind = _kind(kind)
+        self.limits = limits or DEFAULT_LIMITS
         self.name = validate_name(name, kind=kind)
         if not isinstance(spec_id, str) or not spec_id:
             raise ValueError(f"{kind} {name!r}: spec_id must be a non-empty string, got {spec_id!r}")
@@ -275,7 +285,8 @@ class TaskWriter:
             raise RuntimeError(f"{self.kind.kind} {self.name!r}: writer already committed or aborted")
         if split not in self.kind.splits:
             raise ValueError(f"{self.kind.kind} {self.name!r}: unknown split {split!r}; expected one of {list(self.kind.splits)}")
-        table = _conform(rows if isinstance(rows, pa.Table) else pa.table(dict(rows)), self.kind, split, self.name)
+        table = _conform(rows if isinstance(rows, pa.Table) else pa.table(dict(rows)), self.kind, split, self.name,
+                         unknown_columns=self.limits.unknown_columns)
         if table.num_rows == 0:
             return
         expected = self._schemas.setdefault(split, table.schema)
@@ -370,11 +381,12 @@ def write_task(
     overwrite: bool = False,
     vocab_size: int | None = None,
     meta: Mapping[str, Any] | None = None,
+    limits: TaskLimits | None = None,
 ) -> dict:
     """Write a whole task (train and eval tables) and return its manifest. See :class:`TaskWriter`."""
     with TaskWriter(
         store, name, spec_id=spec_id, kind="task", rows_per_file=rows_per_file,
-        overwrite=overwrite, vocab_size=vocab_size, meta=meta,
+        overwrite=overwrite, vocab_size=vocab_size, meta=meta, limits=limits,
     ) as writer:
         writer.write("train", train)
         writer.write("eval", eval)
@@ -391,11 +403,12 @@ def write_stream(
     overwrite: bool = False,
     vocab_size: int | None = None,
     meta: Mapping[str, Any] | None = None,
+    limits: TaskLimits | None = None,
 ) -> dict:
     """Write a whole generation stream (one ``data`` split) and return its manifest."""
     with TaskWriter(
         store, name, spec_id=spec_id, kind="stream", rows_per_file=rows_per_file,
-        overwrite=overwrite, vocab_size=vocab_size, meta=meta,
+        overwrite=overwrite, vocab_size=vocab_size, meta=meta, limits=limits,
     ) as writer:
         writer.write("data", data)
         return writer.commit()
@@ -410,10 +423,26 @@ def read_task(
     *,
     vocab_size: int | None = None,
     image_token_ranges: Sequence[Sequence[int]] | None = None,
+    pad_id: int | None = None,
+    max_tokens: int | None = None,
+    limits: TaskLimits | None = None,
 ) -> Task:
-    """Load and fully validate a ready task; raises :class:`TaskValidationError` on any defect."""
-    manifest, tables, files = _read_dataset(as_store(store), TASK, name, vocab_size, image_token_ranges)
-    return Task(name=name, manifest=manifest, train=tables["train"], eval=tables["eval"], files=files)
+    """Load and fully validate a ready task; raises :class:`TaskValidationError` on any defect.
+
+    Args:
+        store: the store (or its URL).
+        name: the task name (validated before any path is built from it).
+        vocab_size: ids must be below it (``None``: only ``>= 0`` is checked).
+        image_token_ranges: ``[lo, hi)`` image-token ranges; answers must hold none of them.
+        pad_id: the padding id; a prompt made of nothing else is refused.
+        max_tokens: the model's context length: tokens per row beyond it are refused (see
+            :meth:`TaskLimits.tokens_per_row`).
+        limits: the bounds applied while reading (``None``: :data:`DEFAULT_LIMITS`).
+    """
+    read = _read_dataset(as_store(store), TASK, name, vocab_size, image_token_ranges,
+                         pad_id=pad_id, max_tokens=max_tokens, limits=limits)
+    return Task(name=name, manifest=read.manifest, train=read.tables["train"], eval=read.tables["eval"],
+                files=read.uris, digest=read.digest)
 
 
 def read_stream(
@@ -422,16 +451,62 @@ def read_stream(
     *,
     vocab_size: int | None = None,
     image_token_ranges: Sequence[Sequence[int]] | None = None,
+    max_tokens: int | None = None,
+    limits: TaskLimits | None = None,
 ) -> Stream:
-    """Load and fully validate a ready stream; raises :class:`TaskValidationError` on any defect."""
-    manifest, tables, files = _read_dataset(as_store(store), STREAM, name, vocab_size, image_token_ranges)
-    return Stream(name=name, manifest=manifest, data=tables["data"], files=files)
+    """Load and fully validate a ready stream; raises :class:`TaskValidationError` on any defect.
+    Arguments as :func:`read_task` (with ``image_token_ranges``, every row needs an image token)."""
+    read = _read_dataset(as_store(store), STREAM, name, vocab_size, image_token_ranges,
+                         max_tokens=max_tokens, limits=limits)
+    return Stream(name=name, manifest=read.manifest, data=read.tables["data"], files=read.uris, digest=read.digest)
 
 
-def read_manifest(store: Store | str | None, name: str, *, kind: str = "task") -> dict:
+def read_manifest(store: Store | str | None, name: str, *, kind: str = "task", limits: TaskLimits | None = None) -> dict:
     """Check the name, ``_READY`` and the manifest's structure (no data read); return the manifest."""
     k = _kind(kind)
-    return _load_manifest(as_store(store), k, validate_name(name, kind=k.kind))
+    store = as_store(store)
+    validate_name(name, kind=k.kind)
+    limits = limits or DEFAULT_LIMITS
+    _check_ready(store, k, name)
+    return _parse_manifest(_manifest_bytes(store, k, name, limits), k, name, limits)
+
+
+def manifest_digest(store: Store | str | None, name: str, kind: str = "task", *, limits: TaskLimits | None = None) -> str:
+    """sha256 (hex) of the dataset's ``manifest.json`` bytes, after the name check.
+
+    The manifest lists every data file's sha256 and size, so this digest pins the whole dataset:
+    :func:`verify_dataset` later proves the files are still the ones validated.
+    """
+    k = _kind(kind)
+    validate_name(name, kind=k.kind)
+    return hashlib.sha256(_manifest_bytes(as_store(store), k, name, limits or DEFAULT_LIMITS)).hexdigest()
+
+
+def verify_dataset(store: Store | str | None, name: str, digest: str, *, kind: str = "task",
+                   limits: TaskLimits | None = None) -> None:
+    """Prove a dataset is still the one validated: its manifest's sha256 is ``digest``, and every
+    listed file's sha256 and size (when the manifest records it) match the manifest.
+
+    Files are hashed as they stream from the store (nothing kept in memory). Raises
+    :class:`TaskChangedError` naming the file on any difference (a file missing, grown past the
+    limits or replaced by a directory included).
+    """
+    k = _kind(kind)
+    validate_name(name, kind=k.kind)
+    store, limits = as_store(store), limits or DEFAULT_LIMITS
+    try:
+        raw = _manifest_bytes(store, k, name, limits)
+        actual = hashlib.sha256(raw).hexdigest()
+        if actual != digest:
+            raise TaskChangedError(name, MANIFEST, f"changed since validation: sha256 is {actual}, the validated one was {digest}",
+                                   kind=k.kind)
+        manifest = _parse_manifest(raw, k, name, limits)
+        for rel, entry in manifest["files"].items():
+            _fetch_verified(store, k, name, rel, entry, limits, keep=False)
+    except TaskChangedError:
+        raise
+    except TaskValidationError as exc:
+        raise TaskChangedError(exc.task, exc.file, f"changed since validation: {exc.reason}", kind=exc.kind) from None
 
 
 def list_ready_tasks(store: Store | str | None) -> list[str]:
@@ -478,13 +553,18 @@ def _same_type(actual: pa.DataType, expected: pa.DataType) -> bool:
     return actual == expected
 
 
-def _conform(table: pa.Table, kind: DatasetKind, split: str, name: str) -> pa.Table:
-    """Cast a caller's table to the split schema (safe casts only); extra columns are kept."""
+def _conform(table: pa.Table, kind: DatasetKind, split: str, name: str, *, unknown_columns: str = "reject") -> pa.Table:
+    """Cast a caller's table to the split schema (safe casts only); extra columns are refused
+    (``unknown_columns="reject"``) or kept."""
     schema = kind.splits[split]
     missing = [c for c in schema.required if c not in table.column_names]
     if missing:
         raise ValueError(f"{kind.kind} {name!r} split {split!r}: missing column(s) {missing}; have {table.column_names}")
     wanted = {**schema.required, **schema.optional}
+    unknown = [c for c in table.column_names if c not in wanted]
+    if unknown and unknown_columns == "reject":
+        raise ValueError(f"{kind.kind} {name!r} split {split!r}: unknown column(s) {unknown}; a {kind.kind} has only "
+                         f"{list(wanted)} (unknown_columns='reject')")
     for i, col in enumerate(table.column_names):
         target = wanted.get(col)
         if target is None or _same_type(table.schema.field(i).type, target):
@@ -499,59 +579,181 @@ def _conform(table: pa.Table, kind: DatasetKind, split: str, name: str) -> pa.Ta
     return table
 
 
-def _load_manifest(store: Store, kind: DatasetKind, name: str) -> dict:
-    """Check ``_READY`` and the manifest's structure; return the manifest."""
-    k, root = kind.kind, f"{kind.prefix}/{name}"
 
-    def fail(file: str | None, reason: str) -> TaskValidationError:
-        return TaskValidationError(name, file, reason, kind=k)
 
-    if not store.exists(f"{root}/{READY}"):
-        raise fail(READY, "missing: the dataset is still being written, or was never committed")
+# ------------------------------------------------------------------------------------- manifest
+
+
+def _fail(name: str, kind: DatasetKind, file: str | None, reason: str) -> TaskValidationError:
+    return TaskValidationError(name, file, reason, kind=kind.kind)
+
+
+def _check_ready(store: Store, kind: DatasetKind, name: str) -> None:
     try:
-        raw = store.read_bytes(f"{root}/{MANIFEST}")
-    except FileNotFoundError:
-        raise fail(MANIFEST, "missing") from None
+        info = store.info(f"{kind.prefix}/{name}/{READY}")
+    except (FileNotFoundError, NotADirectoryError):
+        raise _fail(name, kind, READY, "missing: the dataset is still being written, or was never committed") from None
+    if info.is_dir:
+        raise _fail(name, kind, READY, "is a directory, not a file")
+
+
+def _manifest_bytes(store: Store, kind: DatasetKind, name: str, limits: TaskLimits) -> bytes:
+    """The manifest's bytes, its size checked before they are downloaded."""
+    path = f"{kind.prefix}/{name}/{MANIFEST}"
+    size = _file_size(store, kind, name, MANIFEST, missing="missing")
+    if size > limits.max_manifest_bytes:
+        raise _fail(name, kind, MANIFEST, f"is {size} bytes, more than the {limits.max_manifest_bytes} allowed (max_manifest_bytes)")
+    _, data = _stream_sha256(store, path, limits.max_manifest_bytes, keep=True)
+    if len(data) > limits.max_manifest_bytes:
+        raise _fail(name, kind, MANIFEST, f"is over {limits.max_manifest_bytes} bytes (max_manifest_bytes)")
+    return data
+
+
+def _parse_manifest(raw: bytes, kind: DatasetKind, name: str, limits: TaskLimits) -> dict:
+    """Parse the manifest (depth checked first, without recursion) and check its structure."""
+    k = kind.kind
+
+    def fail(reason: str) -> TaskValidationError:
+        return _fail(name, kind, MANIFEST, reason)
+
+    depth = json_depth(raw)
+    if depth > limits.max_manifest_depth:
+        raise fail(f"not valid: JSON nested {depth} levels deep, more than the {limits.max_manifest_depth} allowed (max_manifest_depth)")
     try:
         manifest = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise fail(MANIFEST, f"not valid JSON: {exc}") from None
+        raise fail(f"not valid JSON: {exc}") from None
     if not isinstance(manifest, dict):
-        raise fail(MANIFEST, f"must be a JSON object, got {type(manifest).__name__}")
+        raise fail(f"must be a JSON object, got {type(manifest).__name__}")
     version = manifest.get("schema_version")
     if type(version) is not int or version not in SUPPORTED_SCHEMA_VERSIONS:
-        raise fail(MANIFEST, f"unsupported schema_version {version!r}; this reader supports {list(SUPPORTED_SCHEMA_VERSIONS)}")
+        raise fail(f"unsupported schema_version {version!r}; this reader supports {list(SUPPORTED_SCHEMA_VERSIONS)}")
     if manifest.get("kind") != k:
-        raise fail(MANIFEST, f"kind is {manifest.get('kind')!r}, expected {k!r}")
+        raise fail(f"kind is {manifest.get('kind')!r}, expected {k!r}")
     if manifest.get("name") != name:
-        raise fail(MANIFEST, f"name is {manifest.get('name')!r}, expected {name!r} (the directory name)")
+        raise fail(f"name is {manifest.get('name')!r}, expected {name!r} (the directory name)")
     if not isinstance(manifest.get("spec_id"), str) or not manifest["spec_id"]:
-        raise fail(MANIFEST, f"spec_id must be a non-empty string, got {manifest.get('spec_id')!r}")
+        raise fail(f"spec_id must be a non-empty string, got {manifest.get('spec_id')!r}")
     rows = manifest.get("rows")
     if not isinstance(rows, dict) or set(rows) != set(kind.splits):
-        raise fail(MANIFEST, f"'rows' must map exactly the splits {list(kind.splits)} to row counts, got {rows!r}")
+        raise fail(f"'rows' must map exactly the splits {list(kind.splits)} to row counts, got {rows!r}")
     for split, n in rows.items():
         if type(n) is not int or n < 0:
-            raise fail(MANIFEST, f"rows[{split!r}] must be a non-negative integer, got {n!r}")
+            raise fail(f"rows[{split!r}] must be a non-negative integer, got {n!r}")
+        if n > limits.max_rows:
+            raise fail(f"rows[{split!r}] is {n}, more than the {limits.max_rows} rows allowed per split (max_rows)")
     files = manifest.get("files")
     if not isinstance(files, dict):
-        raise fail(MANIFEST, f"'files' must be an object mapping relative paths to {{sha256, rows}}, got {type(files).__name__}")
+        raise fail(f"'files' must be an object mapping relative paths to {{sha256, rows}}, got {type(files).__name__}")
+    if len(files) > limits.max_files:
+        raise fail(f"lists {len(files)} files, more than the {limits.max_files} allowed per dataset (max_files)")
     for rel, entry in files.items():
-        try:
-            check_path(rel, what="data file path")
-        except (ValueError, TypeError) as exc:
-            raise fail(MANIFEST, f"bad file entry: {exc}") from None
-        if rel.split("/", 1)[0] not in kind.splits or "/" not in rel or not rel.endswith(".parquet"):
-            raise fail(MANIFEST, f"bad file entry {rel!r}: must be <split>/<file>.parquet with split in {list(kind.splits)}")
-        if (
-            not isinstance(entry, dict)
-            or not isinstance(entry.get("sha256"), str)
-            or not re.fullmatch(r"[0-9a-f]{64}", entry["sha256"])
-            or type(entry.get("rows")) is not int
-            or entry["rows"] < 0
-        ):
-            raise fail(MANIFEST, f"bad file entry {rel!r}: need {{'sha256': <64 hex chars>, 'rows': <int>}}, got {entry!r}")
+        _check_file_entry(rel, entry, kind, limits, fail)
     return manifest
+
+
+def _check_file_entry(rel: str, entry: Any, kind: DatasetKind, limits: TaskLimits, fail) -> None:
+    """One ``files`` entry: a safe ``<split>/<file>.parquet`` path and ``{sha256, rows[, bytes]}``."""
+    try:
+        check_path(rel, what="data file path")
+    except (ValueError, TypeError) as exc:
+        raise fail(f"bad file entry: {exc}") from None
+    if rel.split("/", 1)[0] not in kind.splits or "/" not in rel or not rel.endswith(".parquet"):
+        raise fail(f"bad file entry {rel!r}: must be <split>/<file>.parquet with split in {list(kind.splits)}")
+    longest = max(len(part) for part in rel.split("/"))
+    if longest > MAX_NAME_CHARS:
+        raise fail(f"bad file entry {rel[:80]!r}...: a file name of {longest} characters, more than {MAX_NAME_CHARS}")
+    if (
+        not isinstance(entry, dict)
+        or not isinstance(entry.get("sha256"), str)
+        or not re.fullmatch(r"[0-9a-f]{64}", entry["sha256"])
+        or type(entry.get("rows")) is not int
+        or entry["rows"] < 0
+    ):
+        raise fail(f"bad file entry {rel!r}: need {{'sha256': <64 hex chars>, 'rows': <int>}}, got {entry!r}")
+    size = entry.get("bytes")
+    if size is not None and (type(size) is not int or size < 0):
+        raise fail(f"bad file entry {rel!r}: 'bytes' must be a non-negative integer when present, got {size!r}")
+    if size is not None and size > limits.max_file_bytes:
+        raise fail(f"bad file entry {rel!r}: {size} bytes, more than the {limits.max_file_bytes} allowed per file (max_file_bytes)")
+
+
+def _check_folder(store: Store, kind: DatasetKind, name: str, limits: TaskLimits) -> None:
+    """Every object under the dataset's folder counts towards ``max_files``, listed or not."""
+    count = len(store.walk(f"{kind.prefix}/{name}"))
+    if count > limits.max_files:
+        raise _fail(name, kind, None, f"holds {count} files, more than the {limits.max_files} allowed per dataset (max_files)")
+
+
+# ------------------------------------------------------------------------------------- data files
+
+#: Bytes read from the store per chunk while hashing.
+_CHUNK = 4 * 2**20
+
+
+def _file_size(store: Store, kind: DatasetKind, name: str, rel: str, *, missing: str) -> int:
+    """Size of a listed file; a clear error if it is missing or a directory."""
+    try:
+        info = store.info(f"{kind.prefix}/{name}/{rel}")
+    except (FileNotFoundError, NotADirectoryError):
+        raise _fail(name, kind, rel, missing) from None
+    if info.is_dir:
+        raise _fail(name, kind, rel, "is a directory, not a file")
+    return info.size
+
+
+def _stream_sha256(store: Store, path: str, max_bytes: int, *, keep: bool) -> tuple[str, bytes]:
+    """sha256 of the object at ``path``, computed chunk by chunk as it streams from the store.
+
+    Reads at most ``max_bytes + 1`` bytes (the caller compares the length with its bound). With
+    ``keep`` the bytes read are returned too (else ``b""``).
+    """
+    digest, kept, total = hashlib.sha256(), bytearray(), 0
+    with store.open_read(path) as f:
+        while total <= max_bytes:
+            chunk = f.read(min(_CHUNK, max_bytes + 1 - total))
+            if not chunk:
+                break
+            digest.update(chunk)
+            total += len(chunk)
+            if keep:
+                kept += chunk
+    return digest.hexdigest(), bytes(kept)
+
+
+def _fetch_verified(store: Store, kind: DatasetKind, name: str, rel: str, entry: dict, limits: TaskLimits,
+                    *, keep: bool, check_size: bool = True) -> tuple[int, bytes]:
+    """Check one listed file's size bound (before the download) and sha256 (while it streams).
+
+    Returns ``(size, bytes)``; the bytes only with ``keep`` (the verified bytes are parsed from
+    memory, so each file is downloaded once), else ``b""``. With ``check_size`` the manifest's
+    ``bytes`` (when recorded) must equal the size; :func:`_read_dataset` checks it last instead.
+    """
+    size = _file_size(store, kind, name, rel, missing="listed in the manifest but missing from the store")
+    if size > limits.max_file_bytes:
+        raise _fail(name, kind, rel, f"is {size} bytes, more than the {limits.max_file_bytes} allowed per file (max_file_bytes)")
+    if check_size:
+        _check_size(entry, size, kind, name, rel)
+    digest, data = _stream_sha256(store, f"{kind.prefix}/{name}/{rel}", limits.max_file_bytes, keep=keep)
+    if digest != entry["sha256"]:
+        raise _fail(name, kind, rel,
+                    f"sha256 mismatch: manifest says {entry['sha256']}, file has {digest} (changed after the dataset was written)")
+    return size, data
+
+
+def _check_size(entry: dict, size: int, kind: DatasetKind, name: str, rel: str) -> None:
+    """The manifest's ``bytes`` entry, when present, is the file's size."""
+    expected = entry.get("bytes")
+    if expected is not None and size != expected:
+        raise _fail(name, kind, rel, f"size mismatch: the manifest says {expected} bytes, the file has {size}")
+
+
+@dataclass
+class _Read:
+    manifest: dict
+    tables: dict[str, pa.Table]
+    uris: dict[str, list[str]]
+    digest: str
 
 
 def _read_dataset(
@@ -560,30 +762,36 @@ def _read_dataset(
     name: str,
     vocab_size: int | None,
     image_token_ranges: Sequence[Sequence[int]] | None,
-) -> tuple[dict, dict[str, pa.Table], dict[str, list[str]]]:
+    *,
+    pad_id: int | None = None,
+    max_tokens: int | None = None,
+    limits: TaskLimits | None = None,
+) -> _Read:
     k = kind.kind
     validate_name(name, kind=k)  # before any path is built from it
+    limits = limits or DEFAULT_LIMITS
     if vocab_size is not None and (type(vocab_size) is not int or vocab_size < 1):
         raise ValueError(f"vocab_size must be a positive int, got {vocab_size!r}")
-    ranges = None
-    if image_token_ranges is not None:
-        from cl_platform.models.modality import normalize_ranges  # torch import only when needed
-
-        ranges = normalize_ranges(image_token_ranges)
-        if vocab_size is not None and ranges and ranges[-1][1] > vocab_size:
-            raise ValueError(f"image_token_ranges {ranges} reach past vocab_size {vocab_size}")
-    manifest = _load_manifest(store, kind, name)
+    ranges = _normalized_ranges(image_token_ranges, vocab_size)
+    rules = _RowRules(vocab_size=vocab_size, ranges=ranges, pad_id=pad_id, max_tokens=limits.tokens_per_row(max_tokens))
+    _check_ready(store, kind, name)
+    raw = _manifest_bytes(store, kind, name, limits)
+    manifest = _parse_manifest(raw, kind, name, limits)
+    _check_folder(store, kind, name, limits)
     root = f"{kind.prefix}/{name}"
     tables: dict[str, pa.Table] = {}
     uris: dict[str, list[str]] = {}
+    parts_of: dict[str, list[tuple[str, int]]] = {}
     for split in kind.splits:
         rels = [rel for rel in manifest["files"] if rel.split("/", 1)[0] == split]
         if manifest["rows"][split] == 0 or not rels:
             raise TaskValidationError(name, f"{split}/", "split is empty", kind=k)
         parts = []
         for rel in rels:
-            table = _read_part(store, kind, name, split, rel, manifest["files"][rel])
-            _check_rows(table, kind, split, name, rel, vocab_size=vocab_size, ranges=ranges)
+            entry = manifest["files"][rel]
+            table, size = _read_part(store, kind, name, split, rel, entry, limits, rules)
+            _check_rows(table, kind, split, name, rel, vocab_size=vocab_size, ranges=ranges, rules=rules)
+            _check_size(entry, size, kind, name, rel)  # last: a stale size matters less than bad content
             parts.append(table)
         table = pa.concat_tables(parts)
         if table.num_rows != manifest["rows"][split]:
@@ -591,41 +799,121 @@ def _read_dataset(
                 name, MANIFEST, f"rows[{split!r}] is {manifest['rows'][split]} but the {split} files hold {table.num_rows} rows", kind=k
             )
         tables[split] = table
+        parts_of[split] = [(rel, p.num_rows) for rel, p in zip(rels, parts)]
         uris[split] = [store.uri(f"{root}/{rel}") for rel in rels]
-    return manifest, tables, uris
+    if kind is TASK and limits.eval_duplicates == "reject":
+        _check_eval_not_train(tables["train"], tables["eval"], name, parts_of["eval"])
+    return _Read(manifest=manifest, tables=tables, uris=uris, digest=hashlib.sha256(raw).hexdigest())
 
 
-def _read_part(store: Store, kind: DatasetKind, name: str, split: str, rel: str, entry: dict) -> pa.Table:
-    """Read one part once: hash the bytes, parse the same buffer, check the schema."""
+def _normalized_ranges(image_token_ranges: Sequence[Sequence[int]] | None, vocab_size: int | None) -> list[list[int]] | None:
+    if image_token_ranges is None:
+        return None
+    from cl_platform.models.modality import normalize_ranges  # torch import only when needed
+
+    ranges = normalize_ranges(image_token_ranges)
+    if vocab_size is not None and ranges and ranges[-1][1] > vocab_size:
+        raise ValueError(f"image_token_ranges {ranges} reach past vocab_size {vocab_size}")
+    return ranges
+
+
+def _read_part(store: Store, kind: DatasetKind, name: str, split: str, rel: str, entry: dict, limits: TaskLimits,
+               rules: "_RowRules") -> tuple[pa.Table, int]:
+    """Read one part: size bound, then sha256 while it streams, then the Parquet metadata
+    (schema, rows, tokens, decoded size) and only then decode it, row group by row group.
+    Returns the table and the file's size."""
     k = kind.kind
+    size, data = _fetch_verified(store, kind, name, rel, entry, limits, keep=True, check_size=False)
     try:
-        data = store.read_bytes(f"{kind.prefix}/{name}/{rel}")
-    except FileNotFoundError:
-        raise TaskValidationError(name, rel, "listed in the manifest but missing from the store", kind=k) from None
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != entry["sha256"]:
-        raise TaskValidationError(
-            name, rel, f"sha256 mismatch: manifest says {entry['sha256']}, file has {digest} (changed after the dataset was written)", kind=k
-        )
-    try:
-        table = pq.read_table(pa.BufferReader(data))
+        pf = pq.ParquetFile(pa.BufferReader(data))
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise TaskValidationError(name, rel, f"not a readable parquet file: {exc}", kind=k) from None
+    _check_metadata(pf, kind, split, name, rel, entry, limits, rules, file_bytes=len(data))
+    table = _decode(pf, name, rel, k)
     del data
-    schema = kind.splits[split]
-    for col, expected in schema.required.items():
-        if col not in table.column_names:
-            raise TaskValidationError(name, rel, f"missing column {col!r} (has {table.column_names})", kind=k)
-    for col, expected in {**schema.required, **schema.optional}.items():
-        if col in table.column_names:
-            actual = table.schema.field(col).type
-            if not _same_type(actual, expected):
-                raise TaskValidationError(
-                    name, rel, f"column {col!r} has type {_type_name(actual)}, expected {_type_name(expected)}", kind=k
-                )
-    if table.num_rows != entry["rows"]:
-        raise TaskValidationError(name, rel, f"has {table.num_rows} rows, the manifest says {entry['rows']}", kind=k)
-    return table
+    return table, size
+
+
+def _check_metadata(pf: pq.ParquetFile, kind: DatasetKind, split: str, name: str, rel: str, entry: dict,
+                    limits: TaskLimits, rules: "_RowRules", *, file_bytes: int) -> None:
+    """The checks the Parquet footer allows, before any page is decoded."""
+
+    def fail(reason: str) -> TaskValidationError:
+        return TaskValidationError(name, rel, reason, kind=kind.kind)
+
+    schema, arrow = kind.splits[split], pf.schema_arrow
+    names = arrow.names
+    for col in schema.required:
+        if col not in names:
+            raise fail(f"missing column {col!r} (has {names})")
+    known = {**schema.required, **schema.optional}
+    for col, expected in known.items():
+        if col in names and not _same_type(arrow.field(col).type, expected):
+            raise fail(f"column {col!r} has type {_type_name(arrow.field(col).type)}, expected {_type_name(expected)}")
+    unknown = [c for c in names if c not in known]
+    if unknown and limits.unknown_columns == "reject":
+        raise fail(f"unknown column(s) {unknown}: a {kind.kind} has only {list(known)} (unknown_columns='reject')")
+    md = pf.metadata
+    if md.num_rows != entry["rows"]:
+        raise fail(f"has {md.num_rows} rows, the manifest says {entry['rows']}")
+    if md.num_rows > limits.max_rows:
+        raise fail(f"has {md.num_rows} rows, more than the {limits.max_rows} allowed per split (max_rows)")
+    decoded, values = _decoded_estimate(pf)
+    for col in schema.list_columns:
+        n = values.get(col, 0)
+        if n > md.num_rows * (rules.max_tokens + 1):
+            raise fail(f"column {col!r} holds {n} token ids in {md.num_rows} rows: some row has more than the "
+                       f"{rules.max_tokens} tokens allowed per row (max_tokens)")
+    bound = limits.decoded_bound(file_bytes)
+    if decoded > bound:
+        raise fail(f"decodes to about {decoded} bytes (from its Parquet metadata), more than the {bound} allowed for a "
+                   f"{file_bytes}-byte file (max_decoded_bytes, max_expansion); refused before decoding")
+
+
+#: Decoded bytes per value of each Parquet physical type (byte arrays: their offsets only).
+_WIDTH = {"BOOLEAN": 1, "INT32": 4, "FLOAT": 4, "INT64": 8, "DOUBLE": 8, "INT96": 12, "BYTE_ARRAY": 4}
+
+
+def _decoded_estimate(pf: pq.ParquetFile) -> tuple[int, dict[str, int]]:
+    """(decoded bytes, values per top-level column) from the footer.
+
+    A column chunk's ``total_uncompressed_size`` is its size after decompression but still
+    encoded: dictionary and run-length encoding keep a million copies of one id tiny. The
+    estimate is therefore the larger of that size and ``num_values`` times the value width.
+    """
+    md = pf.metadata
+    decoded, values = 0, {}
+    for g in range(md.num_row_groups):
+        group = md.row_group(g)
+        for c in range(group.num_columns):
+            chunk = group.column(c)
+            width = _WIDTH.get(chunk.physical_type, md.schema.column(c).length or 1)
+            decoded += max(chunk.total_uncompressed_size, chunk.num_values * width)
+            top = chunk.path_in_schema.split(".", 1)[0]
+            values[top] = values.get(top, 0) + chunk.num_values
+    return decoded, values
+
+
+def _decode(pf: pq.ParquetFile, name: str, rel: str, kind: str) -> pa.Table:
+    """Decode the row groups of a part whose metadata passed."""
+    try:
+        groups = [pf.read_row_group(g) for g in range(pf.metadata.num_row_groups)]
+        return pa.concat_tables(groups) if groups else pf.schema_arrow.empty_table()
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise TaskValidationError(name, rel, f"not a readable parquet file: {exc}", kind=kind) from None
+
+
+# ------------------------------------------------------------------------------------- rows
+
+
+@dataclass(frozen=True)
+class _RowRules:
+    """What rows are checked against besides their schema."""
+
+    vocab_size: int | None = None
+    ranges: list[list[int]] | None = None
+    pad_id: int | None = None
+    max_tokens: int = FALLBACK_MAX_TOKENS
 
 
 def _list_stats(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray, int, int]:
@@ -641,6 +929,21 @@ def _first(mask: np.ndarray) -> int:
     return int(np.flatnonzero(mask)[0])
 
 
+def _image_mask(values: np.ndarray, ranges: list[list[int]]) -> np.ndarray:
+    is_image = np.zeros(values.shape, dtype=bool)
+    for lo, hi in ranges:
+        is_image |= (values >= lo) & (values < hi)
+    return is_image
+
+
+def _positions(lens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(row of each flat value, position of each value inside its row)."""
+    total = int(lens.sum())
+    starts = np.cumsum(lens) - lens
+    rows = np.repeat(np.arange(len(lens)), lens)
+    return rows, np.arange(total) - np.repeat(starts, lens)
+
+
 def _check_rows(
     table: pa.Table,
     kind: DatasetKind,
@@ -650,9 +953,11 @@ def _check_rows(
     *,
     vocab_size: int | None,
     ranges: list[list[int]] | None,
+    rules: _RowRules | None = None,
 ) -> None:
     """Vectorised row checks of one part (row numbers in messages are 0-based within the file)."""
     k = kind.kind
+    rules = rules or _RowRules(vocab_size=vocab_size, ranges=ranges)
 
     def fail(reason: str) -> TaskValidationError:
         return TaskValidationError(name, rel, reason, kind=k)
@@ -666,12 +971,12 @@ def _check_rows(
                 row = _first(table.column(col).is_null().to_numpy(zero_copy_only=False))
                 raise fail(f"row {row}: column {col!r} is null")
     lengths: dict[str, np.ndarray] = {}
-    image_counts = None
+    flat: dict[str, np.ndarray] = {}
     for col in schema.list_columns:
         lens, values, row_nulls, value_nulls = _list_stats(table.column(col))
         if row_nulls or value_nulls:
             raise fail(f"column {col!r} contains nulls ({row_nulls} null rows, {value_nulls} null ids)")
-        lengths[col] = lens
+        lengths[col], flat[col] = lens, values
         if (lens == 0).any():
             row = _first(lens == 0)
             raise fail(f"row {row}: column {col!r} is empty ({int((lens == 0).sum())} empty rows in this file)")
@@ -684,12 +989,7 @@ def _check_rows(
                 f"row {row}: column {col!r} has token id {int(values[idx])} outside {bound} "
                 f"({int(bad.sum())} bad ids in this file)"
             )
-        if ranges and col == "tokens" and k == "stream":
-            is_image = np.zeros(values.shape, dtype=bool)
-            for lo, hi in ranges:
-                is_image |= (values >= lo) & (values < hi)
-            row_ids = np.repeat(np.arange(len(lens)), lens)
-            image_counts = np.bincount(row_ids[is_image], minlength=len(lens))
+    _check_lengths(lengths, rules.max_tokens, fail)
     if "answer_start" in schema.required:
         starts = table.column("answer_start").to_numpy()
         n_tokens = lengths["tokens"]
@@ -700,19 +1000,123 @@ def _check_rows(
                 f"row {row}: answer_start {int(starts[row])} must satisfy 0 < answer_start < len(tokens) = {int(n_tokens[row])} "
                 f"({int(bad.sum())} bad rows in this file)"
             )
-    if k == "stream" and "prompt_len" in table.column_names:
+    if k == "task":
+        _check_task_rows(table, split, lengths, flat, rules, fail)
+    if k == "stream":
+        _check_stream_rows(table, lengths["tokens"], flat["tokens"], ranges, fail)
+
+
+def _check_lengths(lengths: dict[str, np.ndarray], max_tokens: int, fail) -> None:
+    """Tokens per row (all list columns of a row together) within ``max_tokens``."""
+    total = sum(lengths.values())
+    over = total > max_tokens
+    if np.any(over):
+        row = _first(over)
+        raise fail(f"row {row}: {int(total[row])} tokens, more than the {max_tokens} allowed per row (max_tokens) "
+                   f"({int(over.sum())} such rows in this file)")
+
+
+def _check_task_rows(table: pa.Table, split: str, lengths: dict[str, np.ndarray], flat: dict[str, np.ndarray],
+                     rules: _RowRules, fail) -> None:
+    """Answers are text (no image-token id); prompts hold more than padding."""
+    if split == "train":
+        rows, pos = _positions(lengths["tokens"])
+        in_answer = pos >= np.repeat(table.column("answer_start").to_numpy(), lengths["tokens"])
+        prompt_rows, prompt_ids = rows[~in_answer], flat["tokens"][~in_answer]
+        answer_rows, answer_ids = rows[in_answer], flat["tokens"][in_answer]
+        where, n = "tokens[answer_start:]", len(lengths["tokens"])
+    else:
+        prompt_rows, prompt_ids = _positions(lengths["prompt_tokens"])[0], flat["prompt_tokens"]
+        answer_rows, answer_ids = _positions(lengths["answer_tokens"])[0], flat["answer_tokens"]
+        where, n = "answer_tokens", len(lengths["prompt_tokens"])
+    if rules.ranges:
+        image = _image_mask(answer_ids, rules.ranges)
+        if image.any():
+            row = int(answer_rows[_first(image)])
+            raise fail(f"row {row}: the answer ({where}) holds image token id {int(answer_ids[_first(image)])} "
+                       f"(image ids {rules.ranges}); answers of a task are text "
+                       f"({len(np.unique(answer_rows[image]))} such rows in this file)")
+    if rules.pad_id is not None:
+        content = np.bincount(prompt_rows[prompt_ids != rules.pad_id], minlength=n)
+        if (content == 0).any():
+            row = _first(content == 0)
+            raise fail(f"row {row}: the prompt is only padding (pad id {rules.pad_id}) "
+                       f"({int((content == 0).sum())} such rows in this file)")
+
+
+def _check_stream_rows(table: pa.Table, lens: np.ndarray, values: np.ndarray, ranges: list[list[int]] | None, fail) -> None:
+    """``prompt_len`` bounds; with image ranges, at least one image token per row."""
+    if "prompt_len" in table.column_names:
         plen = table.column("prompt_len").to_numpy()
-        n_tokens = lengths["tokens"]
-        bad = (plen < 0) | (plen >= n_tokens)
+        bad = (plen < 0) | (plen >= lens)
         if bad.any():
             row = _first(bad)
-            raise fail(f"row {row}: prompt_len {int(plen[row])} must satisfy 0 <= prompt_len < len(tokens) = {int(n_tokens[row])}")
-    if image_counts is not None and (image_counts == 0).any():
-        row = _first(image_counts == 0)
-        raise fail(
-            f"row {row}: no image token (ids in {ranges}); every stream row must contain image tokens "
-            f"({int((image_counts == 0).sum())} such rows in this file)"
-        )
+            raise fail(f"row {row}: prompt_len {int(plen[row])} must satisfy 0 <= prompt_len < len(tokens) = {int(lens[row])}")
+    if ranges:
+        rows = _positions(lens)[0]
+        image_counts = np.bincount(rows[_image_mask(values, ranges)], minlength=len(lens))
+        if (image_counts == 0).any():
+            row = _first(image_counts == 0)
+            raise fail(
+                f"row {row}: no image token (ids in {ranges}); every stream row must contain image tokens "
+                f"({int((image_counts == 0).sum())} such rows in this file)"
+            )
+
+
+# ------------------------------------------------------------------------------------- eval vs train
+
+#: Bases of the two polynomial row hashes (odd 64-bit constants; arithmetic wraps modulo 2**64).
+_BASES = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xC2B2AE3D27D4EB4F))
+
+
+def _list_parts(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    arr = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+    lens = pc.list_value_length(arr).to_numpy(zero_copy_only=False).astype(np.int64)
+    return lens, arr.flatten().to_numpy(zero_copy_only=False).astype(np.uint64)
+
+
+def _powers(base: np.uint64, n: int) -> np.ndarray:
+    """``base ** k mod 2**64`` for ``k`` in ``[0, n]``."""
+    out = np.full(n + 1, base, dtype=np.uint64)
+    out[0] = 1
+    return np.cumprod(out, dtype=np.uint64)
+
+
+def _row_keys(*columns: pa.ChunkedArray) -> np.ndarray:
+    """One 24-byte key per row of the concatenation of ``columns`` (list<int32>, non-empty rows):
+    two polynomial hashes of the ids and the length, computed without a loop over rows."""
+    parts = [_list_parts(c) for c in columns]
+    total_len = sum(lens for lens, _ in parts)
+    keys = [total_len.astype(np.uint64)]
+    for base in _BASES:
+        powers = _powers(base, int(total_len.max(initial=0)))
+        h = np.zeros(len(total_len), dtype=np.uint64)
+        offset = np.zeros(len(total_len), dtype=np.int64)
+        for lens, values in parts:
+            _, pos = _positions(lens)
+            terms = (values + np.uint64(1)) * powers[pos + np.repeat(offset, lens)]
+            prefix = np.concatenate([np.zeros(1, np.uint64), np.cumsum(terms, dtype=np.uint64)])
+            ends = np.cumsum(lens)
+            h += prefix[ends] - prefix[ends - lens]  # per-row sums; differences wrap like the sums
+            offset += lens
+        keys.append(h)
+    return np.ascontiguousarray(np.stack(keys, axis=1)).view(np.dtype((np.void, 24))).ravel()
+
+
+def _check_eval_not_train(train: pa.Table, eval_: pa.Table, name: str, eval_parts: list[tuple[str, int]]) -> None:
+    """No eval row (prompt + answer) may equal a train row's tokens: such a task measures recall
+    of its own training data, not what was learned."""
+    dup = np.isin(_row_keys(eval_.column("prompt_tokens"), eval_.column("answer_tokens")), _row_keys(train.column("tokens")))
+    if not dup.any():
+        return
+    row = _first(dup)
+    ends = np.cumsum([n for _, n in eval_parts])
+    part = int(np.searchsorted(ends, row, side="right"))
+    rel, local = eval_parts[part][0], row - (int(ends[part - 1]) if part else 0)
+    raise TaskValidationError(
+        name, rel, f"row {local}: eval prompt + answer duplicates a train row ({int(dup.sum())} of {len(dup)} eval rows "
+        f"are copies of train rows); eval rows must not be train rows", kind="task",
+    )
 
 
 __all__ = [
@@ -727,16 +1131,20 @@ __all__ = [
     "SplitSchema",
     "Stream",
     "Task",
+    "TaskChangedError",
+    "TaskLimits",
     "TaskWriter",
     "dataset_dir",
     "is_valid_name",
     "list_ready_streams",
     "list_ready_tasks",
+    "manifest_digest",
     "read_manifest",
     "read_stream",
     "read_task",
     "ready_time",
     "validate_name",
+    "verify_dataset",
     "write_stream",
     "write_task",
 ]

@@ -10,6 +10,11 @@ again only then):
 - :func:`listing_signature`: sha256 of every file's path, size and mtime; cheap (a listing).
 - :func:`content_fingerprint`: sha256 of every file's path and content sha256 (``_READY``
   excluded: re-touching the marker is not a change); computed only when the listing changed.
+
+Both look at no more than ``TaskLimits.max_files`` files (a digest of the whole listing keeps a
+larger task's fingerprint sensitive to its listing), hash contents as they stream, and record an
+entry they cannot read (a key with a backslash, a name too long for the file system, a directory
+where a file belongs) instead of raising: one odd task must not stop the scan of the others.
 """
 
 from __future__ import annotations
@@ -18,10 +23,13 @@ import hashlib
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
+from cl_platform.data.limits import DEFAULT_LIMITS, TaskLimits
 from cl_platform.data.task_format import READY, is_valid_name
 from cl_platform.store import Store
 
 TASKS_PREFIX = "tasks"
+#: Bytes read per chunk while hashing a file.
+_CHUNK = 4 * 2**20
 
 
 @dataclass(frozen=True)
@@ -59,8 +67,8 @@ def scan_tasks(store: Store, *, skip: Iterable[str] = ()) -> list[Candidate]:
             continue
         try:
             info = store.info(f"{TASKS_PREFIX}/{name}/{READY}")
-        except FileNotFoundError:
-            continue  # still landing
+        except (FileNotFoundError, NotADirectoryError):
+            continue  # still landing (or an object where a task folder belongs: never ready)
         if info.is_dir:
             continue
         ready.append(Candidate(name=name, valid_name=True, ready_time=float(info.mtime or 0.0)))
@@ -68,35 +76,79 @@ def scan_tasks(store: Store, *, skip: Iterable[str] = ()) -> list[Candidate]:
     return sorted(invalid, key=lambda c: c.name) + ready
 
 
-def _files(store: Store, name: str) -> list[str]:
-    prefix = f"{TASKS_PREFIX}/{name}"
-    return [p for p in store.walk(prefix)]
+def _files(store: Store, name: str, limits: TaskLimits) -> tuple[list[str], bytes]:
+    """The first ``max_files`` paths under the task (sorted) and a digest of the whole listing.
+
+    Fingerprints look into the first ``max_files`` files only; the listing digest covers every
+    path, so a task with more files still gets a new fingerprint when its listing changes.
+    """
+    paths = store.walk(f"{TASKS_PREFIX}/{name}")
+    listing = hashlib.sha256(f"{len(paths)}\n".encode())
+    for path in paths:
+        listing.update(path.encode("utf-8", "surrogateescape") + b"\0")
+    return paths[: limits.max_files], listing.digest()
 
 
-def listing_signature(store: Store, name: str) -> str:
-    """sha256 over (path, size, mtime) of every file of task ``name`` (a valid name)."""
-    h = hashlib.sha256()
-    for path in _files(store, name):
+def _unreadable(exc: Exception) -> str:
+    """What a fingerprint records for an entry it cannot look into (a weird key, a directory,
+    a name too long for the file system); store-level errors are raised instead."""
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        raise exc
+    return f"unreadable:{type(exc).__name__}"
+
+
+def listing_signature(store: Store, name: str, *, limits: Optional[TaskLimits] = None) -> str:
+    """sha256 over (path, size, mtime) of the task's files (a valid name); never raises for an
+    odd entry (it is recorded as unreadable). Only the first ``max_files`` files are looked at."""
+    paths, listing = _files(store, name, limits or DEFAULT_LIMITS)
+    h = hashlib.sha256(listing)
+    for path in paths:
         try:
             info = store.info(path)
+            entry = f"{info.size}\0{info.mtime}"
         except FileNotFoundError:
             continue
-        h.update(f"{path}\0{info.size}\0{info.mtime}\n".encode())
+        except Exception as exc:  # noqa: BLE001 - an odd key must not stop the scan
+            entry = _unreadable(exc)
+        h.update(f"{path}\0{entry}\n".encode("utf-8", "surrogateescape"))
     return h.hexdigest()
 
 
-def content_fingerprint(store: Store, name: str) -> str:
-    """sha256 over (path, sha256 of content) of every file of task ``name`` except ``_READY``."""
-    h = hashlib.sha256()
-    for path in _files(store, name):
+def content_fingerprint(store: Store, name: str, *, limits: Optional[TaskLimits] = None) -> str:
+    """sha256 over (path, sha256 of content) of the task's files except ``_READY``.
+
+    Contents are hashed as they stream (nothing kept in memory); a file over ``max_file_bytes``
+    contributes its size and mtime instead of its content; an entry that cannot be read is
+    recorded as unreadable; only the first ``max_files`` files are looked at (the whole listing
+    still counts, see :func:`_files`). Never raises for an odd entry.
+    """
+    limits = limits or DEFAULT_LIMITS
+    paths, listing = _files(store, name, limits)
+    h = hashlib.sha256(listing)
+    for path in paths:
         if path.rsplit("/", 1)[-1] == READY:
             continue
         try:
-            digest = hashlib.sha256(store.read_bytes(path)).hexdigest()
+            entry = _content_digest(store, path, limits.max_file_bytes)
         except FileNotFoundError:
             continue
-        h.update(f"{path}\0{digest}\n".encode())
+        except Exception as exc:  # noqa: BLE001 - an odd key must not stop the scan
+            entry = _unreadable(exc)
+        h.update(f"{path}\0{entry}\n".encode("utf-8", "surrogateescape"))
     return h.hexdigest()
+
+
+def _content_digest(store: Store, path: str, max_bytes: int) -> str:
+    info = store.info(path)
+    if info.is_dir:
+        return "directory"
+    if info.size > max_bytes:
+        return f"large:{info.size}:{info.mtime}"
+    digest = hashlib.sha256()
+    with store.open_read(path) as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 __all__ = ["Candidate", "TASKS_PREFIX", "content_fingerprint", "listing_signature", "scan_tasks"]

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from cl_platform.data import (
+    TaskLimits,
     TaskValidationError,
     TaskWriter,
     list_ready_streams,
@@ -104,15 +105,15 @@ def test_task_round_trip(store: Store) -> None:
     assert read_manifest(store, "parity")["rows"] == {"train": 5, "eval": 2}
 
 
-def test_writer_casts_python_lists_and_keeps_extra_columns(store: Store) -> None:
-    write_task(
-        store,
-        "cast",
-        {"tokens": [[1, 2, 3]], "answer_start": [1], "source_line": [17]},
-        {"prompt_tokens": [[1]], "answer_tokens": [[2]]},
-        spec_id="s",
-    )
-    task = read_task(store, "cast")
+def test_writer_casts_python_lists_and_the_unknown_columns_rule(store: Store) -> None:
+    extra = {"tokens": [[1, 2, 3]], "answer_start": [1], "source_line": [17]}
+    with pytest.raises(ValueError, match=r"unknown column\(s\) \['source_line'\].*unknown_columns='reject'"):
+        write_task(store, "cast", extra, {"prompt_tokens": [[1]], "answer_tokens": [[2]]}, spec_id="s")
+    ignore = TaskLimits(unknown_columns="ignore")
+    write_task(store, "cast", extra, {"prompt_tokens": [[1]], "answer_tokens": [[2]]}, spec_id="s", limits=ignore)
+    with pytest.raises(TaskValidationError, match=r"file 'train/part-00000.parquet': unknown column\(s\) \['source_line'\]"):
+        read_task(store, "cast")
+    task = read_task(store, "cast", limits=ignore)
     assert task.train.schema.field("tokens").type == LI32
     assert task.train.column("source_line").to_pylist() == [17]
     with pytest.raises(ValueError, match=r"column 'tokens' of type list<int64> cannot be converted to list<int32>"):
