@@ -28,19 +28,43 @@ Rules (checked by the writer before it writes and by :func:`read_task` / :func:`
 
 - ``name`` matches ``[a-z0-9][a-z0-9_-]{0,63}``, checked before it is joined into any path.
 - Required columns have exactly the types above (``list<int32>``, not ``large_list`` or
-  ``list<int64>``); known optional columns too; other extra columns are carried through unchecked.
+  ``list<int64>``); known optional columns too. Unknown columns: with the default
+  ``TaskLimits.unknown_columns = "reject"`` a column that is neither required nor a known
+  optional one fails validation (and the writer refuses it); with ``"ignore"`` it is carried
+  through unchecked.
 - No nulls in checked columns; every split has at least one row.
 - Token ids are ``>= 0`` and ``< vocab_size`` when a vocabulary size is given.
 - Train rows: ``0 < answer_start < len(tokens)`` (the loss covers ``tokens[answer_start:]``, so
   there is at least one prompt and one answer token).
 - Eval rows: non-empty ``prompt_tokens`` and ``answer_tokens``.
+- Task answers are text: with ``image_token_ranges`` given, no id of ``answer_tokens`` nor of
+  train ``tokens[answer_start:]`` is an image token. With ``pad_id`` given, a prompt (eval
+  ``prompt_tokens``, train ``tokens[:answer_start]``) must hold more than padding.
+- No eval row of a task (``prompt_tokens + answer_tokens``) equals one of its train rows
+  (``TaskLimits.eval_duplicates``; compared through two 64-bit polynomial hashes and the length
+  of each row).
 - Stream rows: non-empty ``tokens``; ``0 <= prompt_len < len(tokens)``; with
-  ``image_token_ranges`` given, at least one image token per row. For tasks, the ranges are only
-  checked to be well-formed and inside the vocabulary (tasks may be text-only).
+  ``image_token_ranges`` given, at least one image token per row.
 
-The manifest is the source of truth: parquet files it does not list are ignored.
-The writer writes the data files, then the manifest (with each file's sha256), then ``_READY``;
-a reader ignores anything without ``_READY``. Each file is written atomically (see
+Bounds (:class:`~cl_platform.data.limits.TaskLimits`, each checked before the step it protects):
+the manifest's size before it is downloaded, its JSON nesting by a scan of the bytes before it is
+parsed, the number of listed files and of files under the dataset's folder, rows per split (from
+the manifest and from each part's Parquet metadata), tokens per row (``max_tokens``, normally the
+model's context length), each data file's size before it is downloaded, and the bytes a part
+decodes to, estimated from its Parquet metadata (values x width, not only the encoded sizes)
+before any page is decoded.
+
+The manifest is the source of truth: parquet files it does not list are ignored (but they count
+towards ``max_files``). Each entry holds the file's ``sha256`` and ``rows``, and ``bytes`` (its
+size), which the writer records; a manifest without ``bytes`` stays valid, and when present it
+must equal the file's size (checked after the content, so a stale size is reported only when
+nothing worse is wrong). Each data file is read once: its sha256 is computed chunk by chunk as it
+streams from the store, the verified bytes (at most ``max_file_bytes``) stay in memory, and the
+Parquet metadata and then the row groups are read from them. :func:`manifest_digest` and
+:func:`verify_dataset` let a later reader prove it reads the files that were validated.
+
+The writer writes the data files, then the manifest (with each file's sha256 and size), then
+``_READY``; a reader ignores anything without ``_READY``. Each file is written atomically (see
 :mod:`cl_platform.store`). Checks are vectorised with pyarrow / numpy: no Python loop over rows
 or tokens.
 """
@@ -782,16 +806,16 @@ def _read_dataset(
     tables: dict[str, pa.Table] = {}
     uris: dict[str, list[str]] = {}
     parts_of: dict[str, list[tuple[str, int]]] = {}
+    sizes: dict[str, int] = {}
     for split in kind.splits:
         rels = [rel for rel in manifest["files"] if rel.split("/", 1)[0] == split]
         if manifest["rows"][split] == 0 or not rels:
             raise TaskValidationError(name, f"{split}/", "split is empty", kind=k)
         parts = []
         for rel in rels:
-            entry = manifest["files"][rel]
-            table, size = _read_part(store, kind, name, split, rel, entry, limits, rules)
+            table, size = _read_part(store, kind, name, split, rel, manifest["files"][rel], limits, rules)
             _check_rows(table, kind, split, name, rel, vocab_size=vocab_size, ranges=ranges, rules=rules)
-            _check_size(entry, size, kind, name, rel)  # last: a stale size matters less than bad content
+            sizes[rel] = size
             parts.append(table)
         table = pa.concat_tables(parts)
         if table.num_rows != manifest["rows"][split]:
@@ -803,6 +827,8 @@ def _read_dataset(
         uris[split] = [store.uri(f"{root}/{rel}") for rel in rels]
     if kind is TASK and limits.eval_duplicates == "reject":
         _check_eval_not_train(tables["train"], tables["eval"], name, parts_of["eval"])
+    for rel, size in sizes.items():  # last: a stale size matters less than bad content
+        _check_size(manifest["files"][rel], size, kind, name, rel)
     return _Read(manifest=manifest, tables=tables, uris=uris, digest=hashlib.sha256(raw).hexdigest())
 
 

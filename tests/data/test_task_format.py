@@ -12,16 +12,19 @@ import pyarrow.parquet as pq
 import pytest
 
 from cl_platform.data import (
+    TaskChangedError,
     TaskLimits,
     TaskValidationError,
     TaskWriter,
     list_ready_streams,
     list_ready_tasks,
+    manifest_digest,
     read_manifest,
     read_stream,
     read_task,
     ready_time,
     validate_name,
+    verify_dataset,
     write_stream,
     write_task,
 )
@@ -390,6 +393,94 @@ FAILURES: list[tuple[str, Callable[[Store], None], str | None, str, dict]] = [
 ]
 
 
+def _as_directory(store: Store, rel: str) -> None:
+    """Replace a listed file by a directory (an S3 prefix) of the same name."""
+    store.delete(f"tasks/parity/{rel}")
+    store.write_bytes(f"tasks/parity/{rel}/inner", b"x")
+
+
+FAILURES += [
+    (
+        "image_token_in_eval_answer",
+        lambda s: None,
+        "eval/part-00000.parquet",
+        r"row 1: the answer \(answer_tokens\) holds image token id 0 \(image ids \[\[0, 1\]\]\); answers of a task are text",
+        {"image_token_ranges": [[0, 1]]},
+    ),
+    (
+        "image_token_in_train_answer",
+        lambda s: None,
+        "train/part-00001.parquet",
+        r"row 0: the answer \(tokens\[answer_start:\]\) holds image token id 8",
+        {"image_token_ranges": [[8, 9]]},
+    ),
+    (
+        "padding_only_train_prompt",
+        lambda s: replace_part(s, "parity", "train/part-00000.parquet", parquet_bytes(train_table([([7, 9, 2, 3], 2), ([0, 0, 5], 2)]))),
+        "train/part-00000.parquet",
+        r"row 1: the prompt is only padding \(pad id 0\) \(1 such rows in this file\)",
+        {"pad_id": 0},
+    ),
+    (
+        "padding_only_eval_prompt",
+        lambda s: replace_part(s, "parity", "eval/part-00000.parquet", parquet_bytes(eval_table([([5, 9], [1]), ([0, 0], [4])]))),
+        "eval/part-00000.parquet",
+        r"row 1: the prompt is only padding \(pad id 0\)",
+        {"pad_id": 0},
+    ),
+    (
+        "eval_row_is_a_train_row",
+        lambda s: replace_part(s, "parity", "eval/part-00000.parquet", parquet_bytes(eval_table([([5, 9], [1]), ([4, 9], [8])]))),
+        "eval/part-00000.parquet",
+        r"row 1: eval prompt \+ answer duplicates a train row \(1 of 2 eval rows are copies of train rows\)",
+        {},
+    ),
+    (
+        "unknown_column",
+        lambda s: replace_part(s, "parity", "eval/part-00000.parquet", parquet_bytes(
+            eval_table([([5, 9], [1]), ([2, 9], [4])]).append_column("blob", pa.array([b"x", b"y"])))),
+        "eval/part-00000.parquet",
+        r"unknown column\(s\) \['blob'\]",
+        {},
+    ),
+    (
+        "listed_part_is_a_directory",
+        lambda s: _as_directory(s, "train/part-00001.parquet"),
+        "train/part-00001.parquet",
+        r"is a directory, not a file",
+        {},
+    ),
+    (
+        "file_name_too_long",
+        lambda s: edit_manifest(s, "parity", lambda m: m["files"].update({"train/" + "a" * 300 + ".parquet": {"sha256": "0" * 64, "rows": 1}})),
+        "manifest.json",
+        r"a file name of 308 characters, more than 255",
+        {},
+    ),
+    (
+        "backslash_in_file_entry",
+        lambda s: edit_manifest(s, "parity", lambda m: m["files"].update({"train/a\\b.parquet": {"sha256": "0" * 64, "rows": 1}})),
+        "manifest.json",
+        r"backslash and NUL characters are not allowed",
+        {},
+    ),
+    (
+        "manifest_bytes_mismatch",
+        lambda s: edit_manifest(s, "parity", lambda m: m["files"]["train/part-00002.parquet"].update(bytes=1)),
+        "train/part-00002.parquet",
+        r"size mismatch: the manifest says 1 bytes, the file has \d+",
+        {},
+    ),
+    (
+        "manifest_bytes_not_an_int",
+        lambda s: edit_manifest(s, "parity", lambda m: m["files"]["train/part-00002.parquet"].update(bytes="12")),
+        "manifest.json",
+        r"'bytes' must be a non-negative integer when present, got '12'",
+        {},
+    ),
+]
+
+
 @pytest.mark.parametrize("case", FAILURES, ids=[c[0] for c in FAILURES])
 def test_validation_failures(store: Store, case) -> None:
     _, tamper, file, reason, read_kw = case
@@ -404,3 +495,56 @@ def test_validation_failures(store: Store, case) -> None:
     prefix = f"task 'parity' file {file!r}: "
     assert str(e).startswith(prefix), str(e)
     assert isinstance(e, ValueError)
+
+
+# ------------------------------------------------------------------------------------ digests
+
+
+def test_a_manifest_without_sizes_stays_valid(store: Store) -> None:
+    make_task(store)
+    edit_manifest(store, "parity", lambda m: [e.pop("bytes") for e in m["files"].values()])
+    assert read_task(store, "parity").train.num_rows == 5
+
+
+def test_manifest_digest_and_verify_dataset(store: Store) -> None:
+    make_task(store)
+    digest = manifest_digest(store, "parity")
+    assert digest == hashlib.sha256(store.read_bytes("tasks/parity/manifest.json")).hexdigest()
+    assert read_task(store, "parity").digest == digest
+    verify_dataset(store, "parity", digest)
+    with pytest.raises(TaskValidationError, match="invalid name"):
+        manifest_digest(store, "../x")
+
+    # a data file swapped after the digest was taken (the manifest untouched)
+    rel = "train/part-00001.parquet"
+    original = store.read_bytes(f"tasks/parity/{rel}")
+    store.write_bytes(f"tasks/parity/{rel}", parquet_bytes(train_table([([4, 9, 8], 1), ([1, 2, 9, 5, 6], 3)])))
+    with pytest.raises(TaskChangedError, match=r"sha256 mismatch") as err:
+        verify_dataset(store, "parity", digest)
+    assert err.value.task == "parity" and err.value.file == rel and isinstance(err.value, TaskValidationError)
+    store.write_bytes(f"tasks/parity/{rel}", original)
+    verify_dataset(store, "parity", digest)
+
+    # the manifest swapped (a new file listed with its matching sha256)
+    replace_part(store, "parity", rel, parquet_bytes(train_table([([4, 9, 8], 1), ([1, 2, 9, 5, 6], 3)])))
+    with pytest.raises(TaskChangedError, match=r"changed since validation: sha256 is [0-9a-f]{64}, the validated one was") as err:
+        verify_dataset(store, "parity", digest)
+    assert err.value.file == "manifest.json"
+
+    # a listed file gone, or the same size recorded wrongly
+    make_task(store, overwrite=True)
+    digest = manifest_digest(store, "parity")
+    store.delete(f"tasks/parity/{rel}")
+    with pytest.raises(TaskChangedError, match=r"changed since validation: listed in the manifest but missing") as err:
+        verify_dataset(store, "parity", digest)
+    assert err.value.file == rel
+    assert pickle.loads(pickle.dumps(err.value)).file == rel and type(pickle.loads(pickle.dumps(err.value))) is TaskChangedError
+
+
+def test_verify_dataset_checks_sizes(store: Store) -> None:
+    make_task(store)
+    edit_manifest(store, "parity", lambda m: m["files"]["eval/part-00000.parquet"].update(bytes=3))
+    digest = manifest_digest(store, "parity")
+    with pytest.raises(TaskChangedError, match=r"size mismatch: the manifest says 3 bytes") as err:
+        verify_dataset(store, "parity", digest)
+    assert err.value.file == "eval/part-00000.parquet"
