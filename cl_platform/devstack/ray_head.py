@@ -16,6 +16,12 @@ this head use: ``$CL_STORE`` when set for ``up``, else ``file://<repo>/.cl_store
 local store there (``cl_platform.store``), so the printed ``ray job submit`` passes ``--store``.
 ``CL_STORE`` itself is kept out of the head's environment: a job uses the store it names.
 
+Credentials: the head is started with the caller's environment (less the variables above), AWS
+credentials included (``. .s3_local/env`` before ``make ray-up`` for the local S3 server). Job
+drivers and Ray workers on the head inherit them from there; the platform never passes them in a
+job's ``runtime_env``, which the dashboard shows. Its dashboard listens on 127.0.0.1 only, with
+Ray's token authentication off.
+
 ``down`` stops only that head: the recorded process group plus every descendant of its members
 (job drivers run in sessions of their own), SIGTERM first, SIGKILL after a grace period. It never
 runs ``ray stop``, which would kill every Ray process on the machine.

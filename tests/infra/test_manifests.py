@@ -9,7 +9,10 @@ with the code (read statically: no Docker engine, cluster or network here).
   the sweep file's workers x GPUs x concurrent trials);
 - the Ray version of the image tags, ``rayVersion`` fields, the Dockerfile's base image and the
   installed Ray agree, and lie in pyproject.toml's range;
-- the kustomization lists every manifest.
+- the kustomization lists every manifest;
+- security: Ray's token authentication on every Ray pod (and the scheduler holds the token), no
+  dashboard on 0.0.0.0, the bucket's credentials by ``envFrom`` from the Secret only, and no AWS
+  secret written anywhere in infra/ but the Secret's placeholders.
 """
 
 from __future__ import annotations
@@ -454,6 +457,131 @@ def test_every_ray_and_scheduler_container_gets_settings_and_credentials():
                     f"{obj['kind']} {obj['metadata']['name']} container {c['name']}: envFrom {refs}"
                 )
     assert found == 7, f"expected 7 containers (3 Ray clusters x head + GPU group, the scheduler), found {found}"
+    assert len(_ray_pod_templates()) == 6, "every Ray pod (heads and GPU groups) gets the Secret by envFrom"
+
+
+def _ray_pod_templates() -> list[tuple[str, dict, dict]]:
+    """(what, the RayCluster spec it belongs to, pod template) of every Ray pod in infra/k8s."""
+    out = []
+    for obj in _k8s_objects().get("RayCluster", []) + _k8s_objects().get("RayJob", []):
+        spec = obj["spec"].get("rayClusterSpec", obj["spec"])
+        what = f"{obj['kind']} {obj['metadata']['name']}"
+        out.append((f"{what} head", spec, spec["headGroupSpec"]["template"]))
+        out += [(f"{what} group {g['groupName']}", spec, g["template"]) for g in spec.get("workerGroupSpecs", [])]
+    return out
+
+
+def _env_of(container: dict) -> dict[str, dict]:
+    """A container's ``env`` entries by name."""
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def _token_env(container: dict) -> Optional[str]:
+    """The Secret a container's RAY_AUTH_TOKEN comes from, if it sets RAY_AUTH_MODE=token (else None)."""
+    env = _env_of(container)
+    if env.get("RAY_AUTH_MODE", {}).get("value") != "token":
+        return None
+    ref = env.get("RAY_AUTH_TOKEN", {}).get("valueFrom", {}).get("secretKeyRef", {})
+    return ref.get("name")
+
+
+def test_ray_token_auth_on_every_ray_pod_and_the_scheduler():
+    """Every Ray pod runs with RAY_AUTH_MODE=token: the token from a Secret in its env, or KubeRay's
+    authOptions (RayJobs: the operator must hold the token to follow the job); the scheduler holds
+    the token of the cluster it submits to."""
+    secrets = {o["metadata"]["name"]: o for o in _k8s_objects()["Secret"]}
+    cluster_tokens = set()
+    for what, spec, template in _ray_pod_templates():
+        by_operator = spec.get("authOptions", {}).get("mode") == "token"
+        for c in _containers(template):
+            token_secret = _token_env(c)
+            assert by_operator or token_secret, f"{what} container {c['name']}: no RAY_AUTH_MODE=token"
+            if token_secret:
+                assert token_secret in secrets, f"{what}: RAY_AUTH_TOKEN from Secret {token_secret}, not in infra/k8s"
+                assert "auth_token" in secrets[token_secret]["stringData"]
+                cluster_tokens.add(token_secret)
+            assert not (by_operator and "RAY_AUTH_TOKEN" in _env_of(c)), f"{what}: authOptions and a token of its own"
+    for rayjob in _k8s_objects()["RayJob"]:
+        assert rayjob["spec"]["rayClusterSpec"].get("authOptions") == {"mode": "token"}, rayjob["metadata"]["name"]
+    (scheduler,) = _containers(_one("Deployment", "cl-scheduler")["spec"]["template"])
+    assert _token_env(scheduler) in cluster_tokens, "the scheduler must hold raycluster.yaml's token"
+    assert set(secrets["cl-ray-auth"]["stringData"].values()) == {"REPLACE_ME"}, "a placeholder only"
+
+
+def test_dashboards_listen_on_the_pod_ip_not_everywhere():
+    """No 0.0.0.0: each head binds the IP of its pod (from the downward API) and, as KubeRay's
+    default probes ask localhost:8265, brings probes that ask that IP."""
+    heads = [(w, t) for w, _, t in _ray_pod_templates() if w.endswith(" head")]
+    assert len(heads) == 3
+    for obj in _k8s_objects().get("RayCluster", []) + _k8s_objects().get("RayJob", []):
+        spec = obj["spec"].get("rayClusterSpec", obj["spec"])
+        host = spec["headGroupSpec"]["rayStartParams"].get("dashboard-host")
+        m = re.fullmatch(r"\$\((\w+)\)", host or "")
+        assert m, f"{obj['metadata']['name']}: dashboard-host {host!r}: want $(VAR), the pod's IP"
+        (head,) = _containers(spec["headGroupSpec"]["template"])
+        field = _env_of(head).get(m.group(1), {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
+        assert field == "status.podIP", f"{obj['metadata']['name']}: {m.group(1)} must be the pod's IP"
+        for probe in ("readinessProbe", "livenessProbe"):
+            command = " ".join(head.get(probe, {}).get("exec", {}).get("command", []))
+            assert f"http://${m.group(1)}:8265/" in command, f"{obj['metadata']['name']}: {probe} must ask the pod's IP"
+    for path in sorted(INFRA.rglob("*.yaml")):
+        text = path.read_text()
+        assert not re.search(r"dashboard[-_]host\W+0\.0\.0\.0", text), f"{path}: a dashboard on 0.0.0.0"
+
+
+def _secret_literals(node: Any, where: str) -> list[str]:
+    """Places under ``node`` that give a secret-looking variable (an upper-case name, or a container's
+    ``env`` entry) a literal value, or hold an AWS key in a string; a Secret's data aside."""
+    from cl_platform.train.resources import is_secret_env_name
+
+    found = []
+    if isinstance(node, dict):
+        if node.get("kind") == "Secret":
+            return []
+        name = node.get("name")
+        if isinstance(name, str) and "value" in node and is_secret_env_name(name):
+            found.append(f"{where}: env {name} has a literal value (use valueFrom / envFrom a Secret)")
+        for key, value in node.items():
+            if re.fullmatch(r"[A-Z][A-Z0-9_]*", str(key)) and is_secret_env_name(key) and isinstance(value, (str, int)):
+                found.append(f"{where}: {key}: a literal")
+            found += _secret_literals(value, f"{where}.{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            found += _secret_literals(value, f"{where}[{i}]")
+    elif isinstance(node, str) and re.search(r"\b(AKIA|ASIA)[A-Z0-9]{16}\b|AWS_SECRET_ACCESS_KEY=\S", node):
+        found.append(f"{where}: an AWS key in a string")
+    return found
+
+
+def test_no_aws_secret_in_any_manifest_but_the_secret_template():
+    found = []
+    for path in sorted(INFRA.rglob("*.yaml")):
+        for i, doc in enumerate(_yaml_docs(path)):
+            found += _secret_literals(doc, f"{path.relative_to(REPO)}#{i}")
+        comments = "\n".join(line for line in path.read_text().splitlines() if line.lstrip().startswith("#"))
+        assert not re.search(r"\b(AKIA|ASIA)[A-Z0-9]{16}\b", comments), f"{path}: an access key in a comment"
+    assert not found, "\n".join(found)
+    secret = _one("Secret", "cl-s3-credentials")
+    assert set(secret["stringData"].values()) <= {"REPLACE_ME"}
+
+
+def test_secret_literal_check_finds_them():
+    docs = [{"kind": "Pod", "spec": {"containers": [{"env": [{"name": "AWS_SECRET_ACCESS_KEY", "value": "x"}]}]}},
+            {"kind": "ConfigMap", "data": {"AWS_SESSION_TOKEN": "t"}},
+            {"kind": "X", "args": ["--key", "AKIAABCDEFGHIJKLMNOP"]}]
+    assert [len(_secret_literals(d, "t")) for d in docs] == [1, 1, 1]
+    assert _secret_literals({"kind": "Secret", "stringData": {"AWS_SECRET_ACCESS_KEY": "x"}}, "t") == []
+    assert _secret_literals({"env": [{"name": "RAY_AUTH_TOKEN", "valueFrom": {}}]}, "t") == []
+
+
+def test_cluster_launcher_secures_ray():
+    cfg = _yaml_docs(CLUSTER_YAML)[0]
+    starts = cfg["head_start_ray_commands"] + cfg["worker_start_ray_commands"]
+    rays = [c for c in starts if "ray start" in c]
+    assert len(rays) == 2 and all("RAY_AUTH_MODE=token ray start" in c for c in rays), rays
+    assert any("--dashboard-host=127.0.0.1" in c for c in cfg["head_start_ray_commands"])
+    assert cfg["file_mounts"].get("/home/ray/.ray/auth_token") == "~/.ray/auth_token", "the token on every node"
+    assert all("RAY_AUTH_MODE=token" in c for c in _cluster_yaml_commands() if "ray job submit" in c)
 
 
 def test_cluster_launcher_config_and_its_commands():
