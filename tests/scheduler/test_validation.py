@@ -75,3 +75,54 @@ def test_min_rows_policy_quarantines_small_tasks(file_harness):
     assert sched.run() == 0
     q = state_json(store)["quarantined"]
     assert "2 train rows" in q["tiny"]["reason"] and "min_rows" in q["tiny"]["reason"]
+
+
+@pytest.mark.parametrize("exc", [RecursionError("maximum recursion depth exceeded"), MemoryError("out of memory"),
+                                 OSError(36, "File name too long"), IsADirectoryError(21, "Is a directory"),
+                                 UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"),
+                                 ValueError("pyarrow said no"), PermissionError(13, "Access denied")])
+def test_any_exception_from_one_task_is_its_verdict(tmp_path, monkeypatch, exc):
+    from cl_platform.scheduler import validate
+    from cl_platform.store import Store
+
+    store = Store(f"file://{tmp_path}/s")
+    small_task(store, "odd")
+
+    def boom(*args, **kwargs):
+        raise exc
+
+    monkeypatch.setattr(validate, "read_task", boom)
+    v = validate_task(store, "odd", DIGITS_SPEC)
+    assert not v.ok and v.digest is None
+    assert v.reason.startswith(f"task 'odd': {type(exc).__name__}: "), v.reason
+
+
+@pytest.mark.parametrize("exc", [ConnectionError("connection refused"), TimeoutError("timed out"), PermissionError("denied")])
+def test_store_level_errors_are_raised_when_the_store_does_not_answer(tmp_path, monkeypatch, exc):
+    from cl_platform.scheduler import validate
+    from cl_platform.store import Store
+
+    store = Store(f"file://{tmp_path}/s")
+    small_task(store, "t")
+
+    def boom(*args, **kwargs):
+        raise exc
+
+    monkeypatch.setattr(validate, "read_task", boom)
+    assert not validate_task(store, "t", DIGITS_SPEC).ok  # the store answers: the error is the task's
+    monkeypatch.setattr(Store, "list", boom)
+    with pytest.raises(type(exc)):
+        validate_task(store, "t", DIGITS_SPEC)
+
+
+def test_verdict_carries_the_manifest_digest_and_the_model_bounds(tmp_path):
+    from cl_platform.data.task_format import manifest_digest
+    from cl_platform.store import Store
+
+    store = Store(f"file://{tmp_path}/s")
+    small_task(store, "t")
+    v = validate_task(store, "t", DIGITS_SPEC)
+    assert v.ok and v.digest == manifest_digest(store, "t")
+    short = validate_task(store, "t", DIGITS_SPEC, max_tokens=4)
+    assert not short.ok and "more than the 4 allowed per row (max_tokens)" in short.reason
+    assert short.file == "train/part-00000.parquet"
