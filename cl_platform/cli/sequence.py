@@ -7,6 +7,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
+from cl_platform.data.task_format import verify_dataset
 from cl_platform.fields import namespace_kwargs
 from cl_platform.methods import MethodConfig, available_methods
 from cl_platform.models.modality import normalize_ranges
@@ -41,6 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--probe-stream", default=None,
                      help="held-out generation stream of the image-token likelihood probe "
                           "(default: the suite's probe; for 'tasks', <kd stream>-probe when present)")
+    src.add_argument("--task-digest", action="append", type=_task_digest, default=[], metavar="TASK=SHA256",
+                     help="train TASK only if its manifest.json has this sha256 and every file it lists still "
+                          "matches it, checked before anything is read (the scheduler passes the digest it validated); "
+                          "repeatable")
     src.add_argument("--probe-size", type=int, default=None,
                      help="size of the generation probe: images per class of a judge probe, rows of the "
                           "likelihood probe (default: the suite's; smaller with --quick)")
@@ -67,6 +72,13 @@ def _ranges(text: str) -> list[list[int]]:
         except ValueError:
             raise SystemExit(f"--image-token-ranges: {part!r} is not lo:hi") from None
     return normalize_ranges(out, what="--image-token-ranges")
+
+
+def _task_digest(text: str) -> tuple[str, str]:
+    name, sep, digest = text.partition("=")
+    if not sep or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise argparse.ArgumentTypeError(f"{text!r} is not TASK=<64 lower-case hex digits>")
+    return name, digest
 
 
 def _csv(text: Optional[str]) -> list[str]:
@@ -96,6 +108,8 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     store = Store(args.store)
+    for task, digest in args.task_digest:  # before anything of the task is read
+        verify_dataset(store, task, digest)
     methods = _csv(args.methods) or ([args.method] if args.method else ["mode"])
     request = RunRequest(suite=args.suite, tasks=_csv(args.tasks), order=_csv(args.order), model=args.model,
                          spec=args.spec, kd_stream=args.kd_stream, probe_stream=args.probe_stream,

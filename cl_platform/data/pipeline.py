@@ -14,15 +14,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from cl_platform.data.task_format import dataset_dir
+from cl_platform.data.task_format import dataset_dir, read_manifest
 from cl_platform.store import Store
 
 IGNORE_INDEX = -100
 
 
 def _split_paths(store: Store, name: str, kind: str, split: str) -> tuple[list[str], Any]:
+    """The split's data files as the manifest lists them, every path checked
+    (:func:`~cl_platform.data.task_format.read_manifest`: no ``..``, absolute or odd path reaches
+    the filesystem), and the filesystem to read them with."""
     fs, root = store.pyarrow_filesystem()
-    manifest = store.read_json(f"{dataset_dir(name, kind)}/manifest.json")
+    manifest = read_manifest(store, name, kind=kind)
     files = sorted(f for f in manifest["files"] if f.startswith(split + "/"))
     if not files:
         raise ValueError(f"{kind} {name!r}: manifest lists no files for split {split!r}")

@@ -24,7 +24,8 @@ _NAME_RE = re.compile(NAME_PATTERN)
 
 #: ``jobs/sequence.py`` flags the scheduler sets itself; ``job_args`` may not contain them.
 RESERVED_JOB_FLAGS = ("--store", "--tasks", "--order", "--run", "--from-run", "--resume", "--method", "--methods",
-                      "--suite", "--model", "--spec", "--kd-stream", "--probe-stream", "--quick", "--steps")
+                      "--suite", "--model", "--spec", "--kd-stream", "--probe-stream", "--quick", "--steps",
+                      "--task-digest")
 
 #: Longest lineage name: round runs are ``<lineage>-<n>-<task>`` and must fit the 64-character run rule.
 MAX_LINEAGE_CHARS = 40

@@ -32,8 +32,9 @@ from cl_platform.scheduler.runner import GONE, NOT_FOUND, JobStatus, Runner, rou
 from cl_platform.scheduler.state import (
     FailedTask, InFlightRound, LearnedTask, LineageState, PendingRetry, QuarantinedTask, StateConflictError, StateStore,
 )
-from cl_platform.scheduler.validate import invalid_name_verdict, lineage_spec, validate_task
+from cl_platform.scheduler.validate import Verdict, invalid_name_verdict, lineage_spec, validate_task
 from cl_platform.store import Store
+from cl_platform.suites import available_suites
 
 #: Exit codes of :meth:`Scheduler.run`.
 EXIT_OK, EXIT_FAILED_ROUNDS, EXIT_NO_LEASE, EXIT_LEASE_LOST = 0, 1, 3, 4
@@ -264,8 +265,13 @@ class Scheduler:
             if self.clock() < retry.next_at:
                 self._scan(state, start=False)  # still quarantine bad tasks meanwhile
                 return False
+            changed = self._changed_since_validation(retry.task, retry.digest)
+            if changed is not None:  # re-validated before every retry: never train what was not validated
+                state.retries.pop(retry.task, None)
+                self._quarantine(state, retry.task, *changed)
+                return True
             self._start_round(state, retry.task, ready_time=retry.ready_time, fingerprint=retry.fingerprint,
-                              attempt=retry.attempts + 1, run=retry.run)
+                              attempt=retry.attempts + 1, run=retry.run, digest=retry.digest)
             return True
         return self._scan(state, start=True)
 
@@ -304,22 +310,57 @@ class Scheduler:
             self.events.emit("detected", task=name, ready_time=cand.ready_time,
                              since_ready_s=round(detected - cand.ready_time, 3))
             verdict = validate_task(self.store, name, self.spec, min_rows=self.settings.min_rows)
-            fp = content_fingerprint(self.store, name)
+            if verdict.ok:
+                verdict = self._suite_rule(verdict)
             if not verdict.ok:
-                state.quarantined[name] = QuarantinedTask(task=name, reason=verdict.reason, file=verdict.file,
-                                                          fingerprint=fp, signature=listing_signature(self.store, name),
-                                                          at=self.clock())
-                self.states.save(state)
-                self.events.emit("quarantined", task=name, reason=verdict.reason, file=verdict.file, fingerprint=fp)
+                self._quarantine(state, name, verdict.reason or "invalid", verdict.file)
                 continue
-            self.events.emit("validated", task=name, train_rows=verdict.train_rows, fingerprint=fp)
-            self._start_round(state, name, ready_time=cand.ready_time, fingerprint=fp, attempt=1, detected_at=detected)
+            fp = content_fingerprint(self.store, name)
+            self.events.emit("validated", task=name, train_rows=verdict.train_rows, fingerprint=fp, digest=verdict.digest)
+            self._start_round(state, name, ready_time=cand.ready_time, fingerprint=fp, attempt=1, detected_at=detected,
+                              digest=verdict.digest)
             return True
         return False
 
+    def _quarantine(self, state: LineageState, name: str, reason: str, file: Optional[str]) -> None:
+        fp = content_fingerprint(self.store, name)
+        state.quarantined[name] = QuarantinedTask(task=name, reason=reason, file=file, fingerprint=fp,
+                                                  signature=listing_signature(self.store, name), at=self.clock())
+        self.states.save(state)
+        self.events.emit("quarantined", task=name, reason=reason, file=file, fingerprint=fp)
+
+    def _suite_rule(self, verdict: Verdict) -> Verdict:
+        """A task a built-in suite wrote for its own runs (``meta.suite`` in its manifest) is
+        learned only by lineages of that suite: a benchmark run on a shared bucket must not feed
+        its tasks to a production lineage."""
+        from cl_platform.data.task_format import read_manifest
+
+        try:
+            owner = (read_manifest(self.store, verdict.task).get("meta") or {}).get("suite")
+        except Exception as exc:  # read a moment ago; whatever changed since is the task's problem
+            return replace(verdict, ok=False, reason=f"{type(exc).__name__}: {exc}", file="manifest.json")
+        mine = self.settings.run_request().suite
+        if isinstance(owner, str) and owner in available_suites() and owner != mine:
+            return replace(verdict, ok=False, file="manifest.json",
+                           reason=f"task {verdict.task!r} file 'manifest.json': written by the {owner!r} suite for its own "
+                                  f"runs (meta.suite); this lineage learns with suite {mine!r}")
+        return verdict
+
+    def _changed_since_validation(self, task: str, digest: Optional[str]) -> Optional[tuple[str, Optional[str]]]:
+        """``(reason, file)`` when task ``task`` is no longer valid or no longer the version that was
+        validated (its manifest's sha256 differs from ``digest``); ``None`` when it is unchanged."""
+        verdict = validate_task(self.store, task, self.spec, min_rows=self.settings.min_rows)
+        if not verdict.ok:
+            return verdict.reason or "invalid", verdict.file
+        if digest is not None and verdict.digest != digest:
+            return (f"task {task!r} file 'manifest.json': changed after it was validated (sha256 {verdict.digest}, "
+                    f"validated {digest}); the round does not train files it did not validate"), "manifest.json"
+        return None
+
     # ------------------------------------------------------------------ rounds
     def _start_round(self, state: LineageState, task: str, *, ready_time: Optional[float], fingerprint: Optional[str],
-                     attempt: int, run: Optional[str] = None, detected_at: Optional[float] = None) -> None:
+                     attempt: int, run: Optional[str] = None, detected_at: Optional[float] = None,
+                     digest: Optional[str] = None) -> None:
         n = len(state.learned) + 1
         if run is None:  # a fresh round never reuses a run name (a failed incarnation's, or anyone's)
             used = state.used_runs()
@@ -330,7 +371,7 @@ class Scheduler:
         state.in_flight = InFlightRound(
             task=task, n=n, run=run, from_run=latest.run if latest else None, attempt=attempt,
             runner=self.runner.kind, submission_id=f"{run}-a{attempt}", fingerprint=fingerprint,
-            ready_time=ready_time, detected_at=detected_at or self.clock(), holder=self.lease.holder,
+            ready_time=ready_time, detected_at=detected_at or self.clock(), holder=self.lease.holder, digest=digest,
         )
         self.states.save(state)  # write-ahead: the round exists before its job does
         self._submit(state)
@@ -339,6 +380,8 @@ class Scheduler:
         inf = state.in_flight
         assert inf is not None
         args = round_args(self.settings, self.store.url, task=inf.task, run=inf.run, from_run=inf.from_run)
+        if inf.digest:
+            args += ["--task-digest", f"{inf.task}={inf.digest}"]
         fields = self.runner.submit(inf, args, self.store.url)
         self._mine.add(inf.submission_id)
         now = self.clock()
@@ -405,11 +448,19 @@ class Scheduler:
         now = self.clock()
         state.in_flight = None
         self._keep_log(inf)
+        changed = self._changed_since_validation(inf.task, inf.digest)
+        if changed is not None:  # the files changed under the round (it refused them): quarantine, no retry
+            self.events.emit("failed", task=inf.task, run=inf.run, attempt=inf.attempt, final=True,
+                             state=status.state, error=error[-500:])
+            state.retries.pop(inf.task, None)
+            self._quarantine(state, inf.task, *changed)
+            return
         if inf.attempt < self.settings.max_attempts:
             # a job that vanished with its scheduler is re-run at once; a failed one after a backoff
             delay = 0.0 if status.state == GONE else self.settings.backoff(inf.attempt)
             state.retries[inf.task] = PendingRetry(task=inf.task, run=inf.run, attempts=inf.attempt, next_at=now + delay,
-                                                   last_error=error, fingerprint=inf.fingerprint, ready_time=inf.ready_time)
+                                                   last_error=error, fingerprint=inf.fingerprint, ready_time=inf.ready_time,
+                                                   digest=inf.digest)
             self.states.save(state)
             self.events.emit("failed", task=inf.task, run=inf.run, attempt=inf.attempt, final=False,
                              retry_in_s=delay, state=status.state, error=error[-500:])

@@ -147,6 +147,7 @@ class PendingRetry:
         last_error: the last attempt's error.
         fingerprint: sha256 of the task's files.
         ready_time: when its ``_READY`` landed.
+        digest: sha256 of the validated ``manifest.json`` (the retry re-validates against it).
     """
 
     task: str
@@ -156,6 +157,7 @@ class PendingRetry:
     last_error: str
     fingerprint: Optional[str] = None
     ready_time: Optional[float] = None
+    digest: Optional[str] = None
 
 
 @dataclass
@@ -182,6 +184,8 @@ class InFlightRound:
         holder: the scheduler that submitted it.
         store: embedded: the URL of the store the round writes to, where a scheduler on another
             host reads the round's heartbeat (:meth:`EmbeddedRunner.status`).
+        digest: sha256 of the validated ``manifest.json``; the round job proves before reading that
+            it trains these files (``--task-digest``).
     """
 
     task: str
@@ -201,6 +205,7 @@ class InFlightRound:
     submitted_at: Optional[float] = None
     holder: Optional[str] = None
     store: Optional[str] = None
+    digest: Optional[str] = None
 
 
 @dataclass

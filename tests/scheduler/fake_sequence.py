@@ -10,6 +10,9 @@ Environment:
     FAKE_SLEEP: seconds to sleep inside the round (default 0).
     FAKE_FAIL_ATTEMPTS: attempts 1..N of every round fail (default 0).
     FAKE_FAIL_TASKS: comma-separated tasks whose rounds always fail.
+
+With ``--task-digest TASK=SHA256`` it verifies the task after the sleep, as the real job does
+before reading it, and fails the round when the files changed.
 """
 
 import argparse
@@ -17,6 +20,8 @@ import os
 import sys
 import time
 
+from cl_platform.data.errors import TaskChangedError
+from cl_platform.data.task_format import verify_dataset
 from cl_platform.store import Store
 from cl_platform.train.ledger import Ledger
 
@@ -28,6 +33,7 @@ def main() -> int:
         p.add_argument(flag)
     p.add_argument("--resume", action="store_true")
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--task-digest", action="append", default=[])
     args, _ = p.parse_known_args()
     store = Store(args.store)
     task = args.tasks
@@ -38,9 +44,17 @@ def main() -> int:
         print(f"run {args.run}: already done")
         return 0
     rec = ledger.start_round(args.method, 0)
-    store.write_bytes(f"fake/trained/{args.run}/{rec.attempt}", f"{os.getpid()}\n".encode())
     print(f"run {args.run}: training {task} attempt {rec.attempt}", flush=True)
     time.sleep(float(os.environ.get("FAKE_SLEEP", "0")))
+    for pair in args.task_digest:  # as the real job does before it reads the task (here: after the sleep)
+        name, _, digest = pair.partition("=")
+        try:
+            verify_dataset(store, name, digest)
+        except TaskChangedError as exc:
+            ledger.fail_round(args.method, 0, f"TaskChangedError: {exc}")
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    store.write_bytes(f"fake/trained/{args.run}/{rec.attempt}", f"{os.getpid()}\n".encode())
     failing = [t for t in os.environ.get("FAKE_FAIL_TASKS", "").split(",") if t]
     if rec.attempt <= int(os.environ.get("FAKE_FAIL_ATTEMPTS", "0")) or task in failing:
         ledger.fail_round(args.method, 0, "RuntimeError: fake failure")
