@@ -302,26 +302,3 @@ def test_a_scheduler_whose_lease_is_taken_over_stops_and_the_new_holder_reattach
     assert file_harness.trained("lin-1-t") == ["1"]
     assert [t["task"] for t in state_json(store)["learned"]] == ["t"]
 
-
-def test_a_task_a_builtin_suite_wrote_is_left_to_lineages_of_that_suite(file_harness, tmp_path):
-    """A benchmark run on a shared bucket writes its tasks into tasks/ (manifest meta.suite); a
-    lineage of another suite quarantines them with the reason and learns the user's task."""
-    from cl_platform.suites.digits.vocab import DIGITS_SPEC
-
-    store = file_harness.store
-    small_task(store, "parity")
-    m = store.read_json("tasks/parity/manifest.json")
-    m["meta"] = {"suite": "digits"}
-    store.write_json("tasks/parity/manifest.json", m)
-    small_task(store, "mine", token=40)
-    spec = tmp_path / "spec.json"
-    spec.write_text(json.dumps(DIGITS_SPEC.to_dict()))
-    settings = LineageSettings(suite="tasks", model="models/mine", spec=str(spec), retry_base_seconds=0.1)
-    assert file_harness.scheduler(settings=settings).run() == 0
-    state = state_json(store)
-    assert "written by the 'digits' suite" in state["quarantined"]["parity"]["reason"]
-    assert [t["task"] for t in state["learned"]] == ["mine"]
-    # a lineage of the digits suite learns it
-    other = type(file_harness)(store, tmp_path / "other", lineage="digits-lineage")
-    assert other.scheduler().run() == 0
-    assert "parity" in [t["task"] for t in state_json(store, "digits-lineage")["learned"]]
