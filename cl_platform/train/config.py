@@ -12,6 +12,10 @@ from typing import Any, Mapping, Optional
 from cl_platform.fields import add_arguments, setting, validate
 
 
+#: The values of ``SequenceConfig.precision``.
+PRECISIONS = ("fp32", "bf16")
+
+
 @dataclass
 class SequenceConfig:
     """One method trained through a sequence of tasks.
@@ -50,6 +54,14 @@ class SequenceConfig:
                                    help="prompts per generate call during evaluation")
     seed: int = setting(0, ge=0, group="training", sweep="fixed",
                         help="seed of data order, adapter initialisation and sampling")
+    precision: str = setting("fp32", group="training", sweep="fixed",
+                             help="fp32: everything in float32; bf16: the frozen base weights stored in bfloat16 and "
+                                  "the forward run under bfloat16 autocast, while the adapters, their gradients, the "
+                                  "optimizer state and the losses stay in float32 (one of: fp32, bf16)")
+    gradient_checkpointing: int = setting(0, ge=0, le=1, group="training", sweep="fixed",
+                                          help="1: keep only each decoder layer's input during the forward and "
+                                               "recompute the layer in the backward (less activation memory, about "
+                                               "a third more compute); 0: keep every activation")
     from_checkpoint: Optional[str] = setting(None, cli=False, help="store path of an adapter to start from "
                                                                    "(another run's final checkpoint)")
     log_every: int = setting(25, ge=1, group="training", sweep="fixed", help="progress line every N steps")
@@ -70,6 +82,8 @@ class SequenceConfig:
 
     def __post_init__(self) -> None:
         validate(self)
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"SequenceConfig.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -22,7 +22,7 @@ BAD = {
     "steps_per_task": 0, "batch_size": 0, "kd_batch_size": 0, "lr": 0.0, "warmup_frac": 1.0, "weight_decay": -0.1,
     "grad_clip": -1.0, "checkpoint_every": -1, "eval_batch_size": 0, "seed": -1, "log_every": 0,
     "num_workers": 0, "cpus_per_worker": 0.0, "gpus_per_worker": -1.0, "max_failures": -1, "cache_rows": -1,
-    "torch_threads": -1,
+    "torch_threads": -1, "precision": "fp16", "gradient_checkpointing": 2,
 }
 
 #: The flags kept from before the parser was generated: flag -> (field, value given, value parsed).
@@ -33,6 +33,7 @@ OLD_FLAGS = {
     "--cpus-per-worker": ("cpus_per_worker", "0.5", 0.5), "--gpus-per-worker": ("gpus_per_worker", "1", 1.0),
     "--threads-per-worker": ("torch_threads", "3", 3), "--cache-rows": ("cache_rows", "0", 0),
     "--max-failures": ("max_failures", "0", 0),
+    "--precision": ("precision", "bf16", "bf16"), "--gradient-checkpointing": ("gradient_checkpointing", "1", 1),
 }
 
 
@@ -117,3 +118,16 @@ def test_sweep_and_scheduler_parsers_take_no_abbreviations(build, argv, capsys):
     with pytest.raises(SystemExit):
         parser.parse_args(argv)
     assert f"unrecognized arguments: {argv[-2]} {argv[-1]}" in capsys.readouterr().err
+
+
+def test_precision_and_checkpointing_reach_lineage_job_args_and_sweeps():
+    from cl_platform.scheduler.config import LineageConfigError, check_job_args
+    from cl_platform.sweeps.space import sweep_params
+
+    check_job_args(["--precision", "bf16", "--gradient-checkpointing", "1"])
+    with pytest.raises(LineageConfigError, match="--gradient-checkpointing"):
+        check_job_args(["--gradient-checkpointing", "2"])
+    assert {"precision", "gradient_checkpointing"} <= set(sweep_params())
+    assert not sweep_params()["precision"].searchable
+    with pytest.raises(ValueError, match="SequenceConfig.precision must be one of fp32, bf16, got 'fp16'"):
+        SequenceConfig(**REQUIRED, precision="fp16")
