@@ -37,8 +37,9 @@ Rules (checked by the writer before it writes and by :func:`read_task` / :func:`
 - Train rows: ``0 < answer_start < len(tokens)`` (the loss covers ``tokens[answer_start:]``, so
   there is at least one prompt and one answer token).
 - Eval rows: non-empty ``prompt_tokens`` and ``answer_tokens``.
-- Task answers are text: with ``image_token_ranges`` given, no id of ``answer_tokens`` nor of
-  train ``tokens[answer_start:]`` is an image token. With ``pad_id`` given, a prompt (eval
+- Task answers are text: with ``text_answers`` (and ``image_token_ranges``) given, no id of
+  ``answer_tokens`` nor of train ``tokens[answer_start:]`` is an image token (the scheduler's
+  validation sets it: every task it trains has text answers). With ``pad_id`` given, a prompt (eval
   ``prompt_tokens``, train ``tokens[:answer_start]``) must hold more than padding.
 - No eval row of a task (``prompt_tokens + answer_tokens``) equals one of its train rows
   (``TaskLimits.eval_duplicates``; compared through two 64-bit polynomial hashes and the length
@@ -450,6 +451,7 @@ def read_task(
     pad_id: int | None = None,
     max_tokens: int | None = None,
     limits: TaskLimits | None = None,
+    text_answers: bool = False,
 ) -> Task:
     """Load and fully validate a ready task; raises :class:`TaskValidationError` on any defect.
 
@@ -457,14 +459,17 @@ def read_task(
         store: the store (or its URL).
         name: the task name (validated before any path is built from it).
         vocab_size: ids must be below it (``None``: only ``>= 0`` is checked).
-        image_token_ranges: ``[lo, hi)`` image-token ranges; answers must hold none of them.
+        image_token_ranges: ``[lo, hi)`` image-token ranges (checked to be well-formed and inside
+            the vocabulary).
         pad_id: the padding id; a prompt made of nothing else is refused.
         max_tokens: the model's context length: tokens per row beyond it are refused (see
             :meth:`TaskLimits.tokens_per_row`).
         limits: the bounds applied while reading (``None``: :data:`DEFAULT_LIMITS`).
+        text_answers: the task's answers are text: no answer id (eval ``answer_tokens``, train
+            ``tokens[answer_start:]``) may lie in ``image_token_ranges``.
     """
     read = _read_dataset(as_store(store), TASK, name, vocab_size, image_token_ranges,
-                         pad_id=pad_id, max_tokens=max_tokens, limits=limits)
+                         pad_id=pad_id, max_tokens=max_tokens, limits=limits, text_answers=text_answers)
     return Task(name=name, manifest=read.manifest, train=read.tables["train"], eval=read.tables["eval"],
                 files=read.uris, digest=read.digest)
 
@@ -703,10 +708,18 @@ def _check_file_entry(rel: str, entry: Any, kind: DatasetKind, limits: TaskLimit
 
 
 def _check_folder(store: Store, kind: DatasetKind, name: str, limits: TaskLimits) -> None:
-    """Every object under the dataset's folder counts towards ``max_files``, listed or not."""
-    count = len(store.walk(f"{kind.prefix}/{name}"))
-    if count > limits.max_files:
-        raise _fail(name, kind, None, f"holds {count} files, more than the {limits.max_files} allowed per dataset (max_files)")
+    """Every object under the dataset's folder counts towards ``max_files``, listed or not, and
+    has a key that is a valid store path (no backslash, NUL, empty or dot component)."""
+    root = f"{kind.prefix}/{name}"
+    paths = store.walk(root)
+    if len(paths) > limits.max_files:
+        raise _fail(name, kind, None, f"holds {len(paths)} files, more than the {limits.max_files} allowed per dataset (max_files)")
+    for path in paths:
+        rel = path[len(root) + 1:]
+        try:
+            check_path(rel, what="key")
+        except (ValueError, TypeError) as exc:
+            raise _fail(name, kind, None, f"holds an object whose key is not a valid store path: {exc}") from None
 
 
 # ------------------------------------------------------------------------------------- data files
@@ -790,6 +803,7 @@ def _read_dataset(
     pad_id: int | None = None,
     max_tokens: int | None = None,
     limits: TaskLimits | None = None,
+    text_answers: bool = False,
 ) -> _Read:
     k = kind.kind
     validate_name(name, kind=k)  # before any path is built from it
@@ -797,7 +811,10 @@ def _read_dataset(
     if vocab_size is not None and (type(vocab_size) is not int or vocab_size < 1):
         raise ValueError(f"vocab_size must be a positive int, got {vocab_size!r}")
     ranges = _normalized_ranges(image_token_ranges, vocab_size)
-    rules = _RowRules(vocab_size=vocab_size, ranges=ranges, pad_id=pad_id, max_tokens=limits.tokens_per_row(max_tokens))
+    if text_answers and ranges is None:
+        raise ValueError("text_answers needs image_token_ranges")
+    rules = _RowRules(vocab_size=vocab_size, ranges=ranges, pad_id=pad_id, max_tokens=limits.tokens_per_row(max_tokens),
+                      text_answers=text_answers)
     _check_ready(store, kind, name)
     raw = _manifest_bytes(store, kind, name, limits)
     manifest = _parse_manifest(raw, kind, name, limits)
@@ -940,6 +957,7 @@ class _RowRules:
     ranges: list[list[int]] | None = None
     pad_id: int | None = None
     max_tokens: int = FALLBACK_MAX_TOKENS
+    text_answers: bool = False
 
 
 def _list_stats(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray, int, int]:
@@ -1055,7 +1073,7 @@ def _check_task_rows(table: pa.Table, split: str, lengths: dict[str, np.ndarray]
         prompt_rows, prompt_ids = _positions(lengths["prompt_tokens"])[0], flat["prompt_tokens"]
         answer_rows, answer_ids = _positions(lengths["answer_tokens"])[0], flat["answer_tokens"]
         where, n = "answer_tokens", len(lengths["prompt_tokens"])
-    if rules.ranges:
+    if rules.text_answers and rules.ranges:
         image = _image_mask(answer_ids, rules.ranges)
         if image.any():
             row = int(answer_rows[_first(image)])

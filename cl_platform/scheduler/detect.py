@@ -11,8 +11,9 @@ again only then):
 - :func:`content_fingerprint`: sha256 of every file's path and content sha256 (``_READY``
   excluded: re-touching the marker is not a change); computed only when the listing changed.
 
-Both look at no more than ``TaskLimits.max_files`` files (a digest of the whole listing keeps a
-larger task's fingerprint sensitive to its listing), hash contents as they stream, and record an
+Both look into no file of a task with more than ``TaskLimits.max_files`` files (invalid whatever
+they hold: a digest of its whole listing is its fingerprint), hash contents as they stream (a few
+files at a time, on threads: many small files are bound by request latency), and record an
 entry they cannot read (a key with a backslash, a name too long for the file system, a directory
 where a file belongs) instead of raising: one odd task must not stop the scan of the others.
 """
@@ -20,8 +21,9 @@ where a file belongs) instead of raising: one odd task must not stop the scan of
 from __future__ import annotations
 
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 from cl_platform.data.limits import DEFAULT_LIMITS, TaskLimits
 from cl_platform.data.task_format import READY, is_valid_name
@@ -77,16 +79,17 @@ def scan_tasks(store: Store, *, skip: Iterable[str] = ()) -> list[Candidate]:
 
 
 def _files(store: Store, name: str, limits: TaskLimits) -> tuple[list[str], bytes]:
-    """The first ``max_files`` paths under the task (sorted) and a digest of the whole listing.
+    """The paths under the task (sorted) and a digest of the whole listing.
 
-    Fingerprints look into the first ``max_files`` files only; the listing digest covers every
-    path, so a task with more files still gets a new fingerprint when its listing changes.
+    A task with more than ``max_files`` files is invalid whatever they hold, so no file of it is
+    looked into: the paths returned are ``[]`` and its fingerprints are the listing digest,
+    which changes when the listing does (a file added, removed or renamed).
     """
     paths = store.walk(f"{TASKS_PREFIX}/{name}")
     listing = hashlib.sha256(f"{len(paths)}\n".encode())
     for path in paths:
         listing.update(path.encode("utf-8", "surrogateescape") + b"\0")
-    return paths[: limits.max_files], listing.digest()
+    return (paths if len(paths) <= limits.max_files else []), listing.digest()
 
 
 def _unreadable(exc: Exception) -> str:
@@ -99,43 +102,59 @@ def _unreadable(exc: Exception) -> str:
 
 def listing_signature(store: Store, name: str, *, limits: Optional[TaskLimits] = None) -> str:
     """sha256 over (path, size, mtime) of the task's files (a valid name); never raises for an
-    odd entry (it is recorded as unreadable). Only the first ``max_files`` files are looked at."""
+    odd entry (it is recorded as unreadable). A task over ``max_files`` files: its listing only."""
     paths, listing = _files(store, name, limits or DEFAULT_LIMITS)
     h = hashlib.sha256(listing)
-    for path in paths:
-        try:
-            info = store.info(path)
-            entry = f"{info.size}\0{info.mtime}"
-        except FileNotFoundError:
-            continue
-        except Exception as exc:  # noqa: BLE001 - an odd key must not stop the scan
-            entry = _unreadable(exc)
-        h.update(f"{path}\0{entry}\n".encode("utf-8", "surrogateescape"))
+    for path, entry in zip(paths, _each(paths, lambda p: _guarded(lambda: _size_and_mtime(store, p)))):
+        if entry is not None:
+            h.update(f"{path}\0{entry}\n".encode("utf-8", "surrogateescape"))
     return h.hexdigest()
 
 
 def content_fingerprint(store: Store, name: str, *, limits: Optional[TaskLimits] = None) -> str:
     """sha256 over (path, sha256 of content) of the task's files except ``_READY``.
 
-    Contents are hashed as they stream (nothing kept in memory); a file over ``max_file_bytes``
-    contributes its size and mtime instead of its content; an entry that cannot be read is
-    recorded as unreadable; only the first ``max_files`` files are looked at (the whole listing
-    still counts, see :func:`_files`). Never raises for an odd entry.
+    Contents are hashed as they stream (one chunk in memory per file being read); a file over
+    ``max_file_bytes`` contributes its size and mtime instead of its content; an entry that
+    cannot be read is recorded as unreadable; a task over ``max_files`` files is fingerprinted by
+    its listing only (see :func:`_files`). Never raises for an odd entry.
     """
     limits = limits or DEFAULT_LIMITS
     paths, listing = _files(store, name, limits)
+    paths = [p for p in paths if p.rsplit("/", 1)[-1] != READY]
     h = hashlib.sha256(listing)
-    for path in paths:
-        if path.rsplit("/", 1)[-1] == READY:
-            continue
-        try:
-            entry = _content_digest(store, path, limits.max_file_bytes)
-        except FileNotFoundError:
-            continue
-        except Exception as exc:  # noqa: BLE001 - an odd key must not stop the scan
-            entry = _unreadable(exc)
-        h.update(f"{path}\0{entry}\n".encode("utf-8", "surrogateescape"))
+    digests = _each(paths, lambda p: _guarded(lambda: _content_digest(store, p, limits.max_file_bytes)))
+    for path, entry in zip(paths, digests):
+        if entry is not None:
+            h.update(f"{path}\0{entry}\n".encode("utf-8", "surrogateescape"))
     return h.hexdigest()
+
+
+#: Files looked at concurrently (a fingerprint of many small files is bound by request latency).
+_WORKERS = 16
+
+
+def _each(paths: list[str], fn: Callable[[str], Optional[str]]) -> list[Optional[str]]:
+    """``fn`` over ``paths`` on a few threads, results in order."""
+    if len(paths) < 2:
+        return [fn(p) for p in paths]
+    with ThreadPoolExecutor(max_workers=min(_WORKERS, len(paths))) as pool:
+        return list(pool.map(fn, paths))
+
+
+def _guarded(fn: Callable[[], str]) -> Optional[str]:
+    """``fn()``; ``None`` for an entry gone meanwhile; the unreadable marker for an odd one."""
+    try:
+        return fn()
+    except FileNotFoundError:
+        return None
+    except Exception as exc:  # noqa: BLE001 - an odd key must not stop the scan
+        return _unreadable(exc)
+
+
+def _size_and_mtime(store: Store, path: str) -> str:
+    info = store.info(path)
+    return f"{info.size}\0{info.mtime}"
 
 
 def _content_digest(store: Store, path: str, max_bytes: int) -> str:

@@ -87,7 +87,7 @@ def validate_task(store: Store, name: str, spec: ModalitySpec, *, min_rows: int 
     """
     try:
         task = read_task(store, name, vocab_size=spec.vocab_size, image_token_ranges=[list(r) for r in spec.image_token_ranges],
-                         pad_id=spec.pad_id, max_tokens=max_tokens, limits=limits)
+                         pad_id=spec.pad_id, max_tokens=max_tokens, limits=limits, text_answers=True)
     except TaskValidationError as exc:
         return Verdict(task=name, ok=False, reason=str(exc), file=exc.file)
     except Exception as exc:  # noqa: BLE001 - whatever a task's files provoke is the task's verdict

@@ -405,14 +405,14 @@ FAILURES += [
         lambda s: None,
         "eval/part-00000.parquet",
         r"row 1: the answer \(answer_tokens\) holds image token id 0 \(image ids \[\[0, 1\]\]\); answers of a task are text",
-        {"image_token_ranges": [[0, 1]]},
+        {"image_token_ranges": [[0, 1]], "text_answers": True},
     ),
     (
         "image_token_in_train_answer",
         lambda s: None,
         "train/part-00001.parquet",
         r"row 0: the answer \(tokens\[answer_start:\]\) holds image token id 8",
-        {"image_token_ranges": [[8, 9]]},
+        {"image_token_ranges": [[8, 9]], "text_answers": True},
     ),
     (
         "padding_only_train_prompt",
@@ -548,3 +548,10 @@ def test_verify_dataset_checks_sizes(store: Store) -> None:
     with pytest.raises(TaskChangedError, match=r"size mismatch: the manifest says 3 bytes") as err:
         verify_dataset(store, "parity", digest)
     assert err.value.file == "eval/part-00000.parquet"
+
+
+def test_image_answers_are_checked_only_for_text_answer_tasks(store: Store) -> None:
+    make_task(store)
+    assert read_task(store, "parity", image_token_ranges=[[0, 1]]).eval.num_rows == 2  # ranges alone: well-formed only
+    with pytest.raises(ValueError, match="text_answers needs image_token_ranges"):
+        read_task(store, "parity", text_answers=True)
