@@ -2,12 +2,14 @@
 
 Phases (:meth:`SequenceRecipe.run` calls them in turn):
 
-- :meth:`~SequenceRecipe.setup`: the model and method, the resume decision
+- :meth:`~SequenceRecipe.setup`: the model and method (:func:`build_model`: the precision and
+  gradient-checkpointing settings applied), the resume decision
   (:func:`cl_platform.train.state.decide_resume`) applied, ``prepare_model``, the base (or
   ``--from-run`` start) evaluation and the teacher cache;
 - :meth:`~SequenceRecipe.train_round`: a fresh AdamW with cosine warm-up schedule,
   ``steps_per_task`` steps over the task's Ray Data shard (answer-only cross-entropy plus the
-  method's loss terms, e.g. KD on the paired KD stream batch with cached teacher targets),
+  method's loss terms, e.g. KD on the paired KD stream batch with cached teacher targets; the
+  forwards under :func:`autocast` in bf16, the losses in float32),
   progress lines and mid-round Ray checkpoints every ``checkpoint_every`` steps;
 - :meth:`~SequenceRecipe.evaluate_round`: every task and image generation;
 - :meth:`~SequenceRecipe.save_checkpoint`: the adapter written to the store and the round
@@ -16,18 +18,20 @@ Phases (:meth:`SequenceRecipe.run` calls them in turn):
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterator, Optional
 
 import torch
 
 from cl_platform.methods import ContinualMethod, KDBatch, MethodConfig, StepInputs, get_method
 from cl_platform.methods.kd import shifted_mask
-from cl_platform.methods.teacher_cache import TeacherCache
+from cl_platform.methods.teacher import TeacherSource
+from cl_platform.models.modality import ModalitySpec
 from cl_platform.train import checkpoint as ckpt
 from cl_platform.train.batches import answer_loss
 from cl_platform.train.config import SequenceConfig
@@ -71,6 +75,85 @@ def lr_lambda(steps: int, warmup: int) -> Callable[[int], float]:
     return f
 
 
+def base_dtype(precision: str) -> torch.dtype:
+    """The dtype the frozen base weights are stored in: bfloat16 for ``bf16``, else float32."""
+    return torch.bfloat16 if precision == "bf16" else torch.float32
+
+
+def autocast(precision: str, device: torch.device) -> ContextManager:
+    """The context the forwards run in: bfloat16 autocast on ``device``'s type for ``bf16`` (CPU
+    included), nothing for ``fp32``."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def adapters_to_float32(model: torch.nn.Module) -> int:
+    """Store every trainable parameter (the adapters) in float32, whatever the base's dtype.
+
+    A method builds its adapters in the dtype of the layer they wrap, so on a bfloat16 base they
+    start in bfloat16; the optimizer then keeps float32 moments of float32 parameters (the
+    parameters are their own master copy). Returns how many parameters were converted.
+    """
+    converted = 0
+    for p in model.parameters():
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
+            converted += 1
+    return converted
+
+
+def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
+    """Recompute each decoder layer in the backward (transformers' non-reentrant checkpointing).
+
+    ``model`` is the PEFT-wrapped model; MoDE's routing hook makes each recomputation see the
+    image-token mask of the forward it belongs to (:mod:`cl_platform.mode.routing`).
+    """
+    if not getattr(model, "supports_gradient_checkpointing", True):
+        raise ValueError(f"{type(model).__name__} does not support gradient checkpointing")
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 (the older name is deprecated)
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def build_model(method: ContinualMethod, base: torch.nn.Module, spec: ModalitySpec, *,
+                gradient_checkpointing: bool = False) -> torch.nn.Module:
+    """``method``'s adapter on ``base`` (already in its storage dtype, :func:`base_dtype`), the
+    adapters in float32 and, if asked, gradient checkpointing on."""
+    model = method.build(base, spec)
+    adapters_to_float32(model)
+    if gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    return model
+
+
+def step_loss(model: torch.nn.Module, method: ContinualMethod, ids: torch.Tensor, attention_mask: torch.Tensor,
+              labels: torch.Tensor, inputs: StepInputs, *, precision: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The forwards of one step under :func:`autocast` and their losses: the answer-only
+    cross-entropy (float32) and the method's weighted loss terms (KD is float32 too)."""
+    with autocast(precision, ids.device):
+        logits = model(input_ids=ids, attention_mask=attention_mask, use_cache=False).logits
+        terms = method.loss_terms(model, inputs)
+    return answer_loss(logits, labels), terms
+
+
+def train_step(model: torch.nn.Module, method: ContinualMethod, ids: torch.Tensor, attention_mask: torch.Tensor,
+               labels: torch.Tensor, inputs: StepInputs, optimizer: torch.optim.Optimizer, *, precision: str,
+               grad_clip: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One optimiser step: :func:`step_loss`, backward of their sum, gradient-norm clip (``grad_clip``
+    > 0) over the optimizer's parameters, optimizer step. Returns the detached losses."""
+    loss, terms = step_loss(model, method, ids, attention_mask, labels, inputs, precision=precision)
+    total = loss + sum(terms.values()) if terms else loss
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], grad_clip)
+    optimizer.step()
+    return loss.detach(), {k: v.detach() for k, v in terms.items()}
+
+
 def _fmt(seconds: float) -> str:
     seconds = max(0, int(seconds))
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
@@ -106,7 +189,7 @@ class SequenceRecipe:
     inner: torch.nn.Module  # the PEFT model inside
     device: torch.device
     eval_set: EvalSet
-    teacher: Optional[TeacherCache]
+    teacher: Optional[TeacherSource]
     kd_iter: Optional[Iterator[dict]]
     trainable: list[torch.nn.Parameter]
 
@@ -142,9 +225,10 @@ class SequenceRecipe:
             self.log(f"ledger: all {len(cfg.tasks)} rounds done")
             return False
 
-        base = load_model(cfg.model_uri)
+        dtype = base_dtype(cfg.precision)
+        base = load_model(cfg.model_uri, dtype=dtype)
         self.method = get_method(cfg.method, MethodConfig(**cfg.method_config))
-        model = self.method.build(base, fit.spec)
+        model = build_model(self.method, base, fit.spec, gradient_checkpointing=bool(cfg.gradient_checkpointing))
         self._apply(resume, model, checkpoint)
 
         self.model = ray.train.torch.prepare_model(model)
@@ -154,19 +238,25 @@ class SequenceRecipe:
         if self.state.base_accuracy is None:
             if cfg.from_checkpoint:  # the starting point is another run's adapter: score that
                 t0 = time.time()
-                with torch.no_grad():
+                with torch.no_grad(), self.autocast():
                     accs, gen = evaluate(self.inner, self.eval_set, self.rank, self.world)
                 self.log(scores_line("start", accs, gen, time.time() - t0))
             else:
-                accs, gen = fit.base_scores(lambda: load_model(cfg.model_uri).to(self.device), self.log)
+                with self.autocast():
+                    accs, gen = fit.base_scores(lambda: load_model(cfg.model_uri, dtype=dtype).to(self.device),
+                                                self.log)
             self.state.base_accuracy, self.state.generation = list(accs), [gen]
 
         self.teacher, self.kd_iter = None, None
-        if self.method.needs_teacher and cfg.teacher_cache and cfg.kd_stream:
-            self.teacher = fit.teacher(cfg.teacher_cache)
+        if self.method.needs_teacher and cfg.kd_stream:  # cached (a store path) or online (None)
+            self.teacher = fit.teacher(cfg.teacher_cache, k=min(self.method.config.kd_top_k, self.fit.spec.vocab_size))
             self.kd_iter = fit.shards.batches("kd", cfg.kd_batch_size, cfg.seed + 7)
         self.trainable = [p for p in self.inner.parameters() if p.requires_grad]
         return True
+
+    def autocast(self) -> ContextManager:
+        """The context of this sequence's forwards (:func:`autocast` of its precision on its device)."""
+        return autocast(self.cfg.precision, self.device)
 
     def _apply(self, resume: Resume, model: torch.nn.Module, checkpoint: Optional[RestoredCheckpoint]) -> None:
         """Adapter weights, :attr:`state` and the optimizer state to resume with, as ``resume`` says."""
@@ -214,7 +304,7 @@ class SequenceRecipe:
         img = self.fit.spec.is_image(kids) & kam.bool()
         return KDBatch(
             input_ids=kids, attention_mask=kam, loss_mask=shifted_mask(img, kam),
-            targets=self.teacher.targets(kb["row_id"].tolist(), kids.shape[1]).to(self.device),
+            targets=self.teacher.batch_targets(kb["row_id"].tolist(), kids, kam, self.inner),
         )
 
     def train_round(self, r: int) -> RoundResult:
@@ -236,16 +326,9 @@ class SequenceRecipe:
         for step in range(start_step, cfg.steps_per_task):
             batch = next(it)
             ids, am, labels = batch["input_ids"].to(device), batch["attention_mask"].to(device), batch["labels"].to(device)
-            logits = model(input_ids=ids, attention_mask=am).logits
-            loss = answer_loss(logits, labels)
-            kd_batch = self._kd_batch()
-            terms = self.method.loss_terms(model, StepInputs(task_batch=batch, kd_batch=kd_batch, step=step))
-            total = loss + sum(terms.values()) if terms else loss
-            opt.zero_grad(set_to_none=True)
-            total.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(self.trainable, cfg.grad_clip)
-            opt.step()
+            inputs = StepInputs(task_batch=batch, kd_batch=self._kd_batch(), step=step)
+            loss, terms = train_step(model, self.method, ids, am, labels, inputs, opt, precision=cfg.precision,
+                                     grad_clip=cfg.grad_clip)
             sched.step()
             lv = float(loss.detach())
             loss_ema = lv if loss_ema is None else 0.9 * loss_ema + 0.1 * lv
@@ -269,7 +352,7 @@ class SequenceRecipe:
         """Every task and generation after round ``r``; the round's metrics (as the ledger records them)."""
         cfg, task = self.cfg, self.cfg.tasks[r]
         t1 = time.time()
-        with torch.no_grad():
+        with torch.no_grad(), self.autocast():
             accs, gen = evaluate(self.inner, self.eval_set, self.rank, self.world)
         eval_s = time.time() - t1
         self.state.accuracy.append(accs)
