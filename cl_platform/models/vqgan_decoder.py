@@ -28,7 +28,7 @@ tensors and containers only; a file that needs arbitrary unpickling is refused (
 in a trusted environment, to safetensors; see ``docs/image_metric.md``).
 
 **Tokens to codes.** Anole writes an image as ``<boi>`` + 1,024 BPE ids + ``<eoi>``; each BPE id
-names one VQ code (``IMGIMG`` + the code's decimal digits as letters ``A``..``J`` + ``Z``, see
+names one VQ code (``IMGIMG`` + the code's decimal places written as letters ``A``..``J`` + ``Z``, see
 :func:`cl_platform.models.chameleon.chameleon_image_token_name`). :func:`image_tokens_to_codes`
 maps ids to codes through that vocabulary mapping, or, for vocabularies without those names (the
 tiny models), as offsets into the spec's ``image_code_range``.
