@@ -201,3 +201,27 @@ def test_spec_builds_the_probe_from_the_store(tmp_path, model):
     assert den == 2 and -1.0 <= probe.score(num, den) <= 1.0
     with pytest.raises(ValueError, match="unknown option"):
         clip_alignment_spec("concepts", "c", "v", top_k=3)
+
+
+def test_the_tasks_suite_selects_it_from_the_environment(monkeypatch, tmp_path):
+    from cl_platform.suites.base import RunRequest
+    from cl_platform.suites.store_tasks import StoreTasks, clip_probe_from_env_or_args
+
+    store, request = Store(f"file://{tmp_path}/store"), RunRequest(tasks=["a"], probe_stream="concepts", probe_size=3)
+    monkeypatch.delenv("CL_CLIP_PROBE_MODEL", raising=False)
+    monkeypatch.delenv("CL_CLIP_PROBE_VQGAN", raising=False)
+    assert "likelihood" in StoreTasks().resolve_probe(store, request, SPEC, print).factory
+    monkeypatch.setenv("CL_CLIP_PROBE_MODEL", "models/clip")
+    with pytest.raises(ValueError, match="CL_CLIP_PROBE_VQGAN is not set"):
+        StoreTasks().resolve_probe(store, request, SPEC, print)
+    monkeypatch.setenv("CL_CLIP_PROBE_VQGAN", "s3://bucket/anole")
+    monkeypatch.setenv("CL_CLIP_PROBE_SAMPLES", "2")
+    probe = StoreTasks().resolve_probe(store, request, SPEC, print)
+    assert probe.factory == FACTORY
+    assert probe.params == {"stream": "concepts", "clip_model": "models/clip", "vqgan": "s3://bucket/anole",
+                            "image_tokens": 1024, "samples_per_prompt": 2, "size": 3}
+    assert clip_probe_from_env_or_args("s", clip_model="c", vqgan="v", env={}).params["clip_model"] == "c"
+    assert clip_probe_from_env_or_args("s", env={}) is None
+    with pytest.raises(ValueError, match="CL_CLIP_PROBE_BATCH='x'"):
+        clip_probe_from_env_or_args("s", env={"CL_CLIP_PROBE_MODEL": "c", "CL_CLIP_PROBE_VQGAN": "v",
+                                              "CL_CLIP_PROBE_BATCH": "x"})
