@@ -423,17 +423,19 @@ def decoder_state_dict(raw: Mapping[str, Any], *, source: str = "state dict") ->
 
 
 def _resolve_files(location: Path) -> tuple[Path, Path | None]:
-    """``(weights file, vqgan.yaml or None)`` of a checkpoint directory or a weights file."""
+    """``(weights file, vqgan.yaml or None)`` of a checkpoint directory or a weights file.
+
+    In a directory: ``tokenizer/vqgan.safetensors`` (a conversion of the ``.ckpt``) when present,
+    else ``tokenizer/vqgan.ckpt``, else the first ``.safetensors`` file under ``tokenizer/`` or at the top.
+    """
     if location.is_dir():
-        weights, config = location / TOKENIZER_WEIGHTS, location / TOKENIZER_CONFIG
-        if not weights.is_file():
-            alt = sorted(location.glob("tokenizer/*.safetensors")) or sorted(location.glob("*.safetensors"))
-            if not alt:
-                raise FileNotFoundError(f"VQ-GAN checkpoint {str(location)!r}: no {TOKENIZER_WEIGHTS} "
-                                        "(nor a .safetensors file) in it")
-            weights = alt[0]
-        if not config.is_file():
-            config = weights.with_suffix(".yaml")
+        config = location / TOKENIZER_CONFIG
+        candidates = [location / TOKENIZER_WEIGHTS.replace(".ckpt", ".safetensors"), location / TOKENIZER_WEIGHTS,
+                      *sorted(location.glob("tokenizer/*.safetensors")), *sorted(location.glob("*.safetensors"))]
+        weights = next((c for c in candidates if c.is_file()), None)
+        if weights is None:
+            raise FileNotFoundError(f"VQ-GAN checkpoint {str(location)!r}: no {TOKENIZER_WEIGHTS} "
+                                    "(nor a .safetensors file) in it")
         return weights, config if config.is_file() else None
     if not location.is_file():
         raise FileNotFoundError(f"VQ-GAN checkpoint {str(location)!r}: no such file or directory")

@@ -217,3 +217,13 @@ def test_image_tokens_to_codes_from_imgimg_names():
         image_tokens_to_codes([0], mapping)
     with pytest.raises(ValueError, match="id 99 is not an image code"):
         image_tokens_to_codes([99], mapping)
+
+
+def test_a_directory_prefers_the_safetensors_conversion(tmp_path):
+    source = tiny_decoder(8)
+    (tmp_path / "tokenizer").mkdir()
+    torch.save({"state_dict": released_keys_state(source), "hparams": Payload()}, tmp_path / "tokenizer" / "vqgan.ckpt")
+    save_file(released_keys_state(source), str(tmp_path / "tokenizer" / "vqgan.safetensors"))
+    (tmp_path / "tokenizer" / "vqgan.yaml").write_text(TINY_YAML)
+    codes = torch.randint(0, 64, (1, 64))
+    assert torch.equal(load_vqgan_decoder(tmp_path).decode(codes), source.decode(codes))
