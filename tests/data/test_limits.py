@@ -3,6 +3,7 @@ the step it protects (download, JSON parse, decode)."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import resource
@@ -165,6 +166,7 @@ def test_a_long_row_is_refused_from_the_metadata(local: Store, monkeypatch) -> N
 # ------------------------------------------------------------------------------------ decoded size
 
 
+@functools.lru_cache(maxsize=None)
 def _bomb(rows: int = 10_000, width: int = 2000) -> bytes:
     """A train part of ``rows`` x ``width`` copies of one id: 80 MB decoded, a few KB on disk."""
     offsets = pa.array(np.arange(0, (rows + 1) * width, width, dtype=np.int32))
@@ -185,9 +187,10 @@ def test_a_decompression_bomb_is_refused_before_decoding(local: Store, monkeypat
     assert int(err.reason.split("about ")[1].split(" ")[0]) >= 80_000_000
     assert not decoded
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 40_000  # KiB: nothing near 80 MB
-    generous = TaskLimits(max_expansion=100_000)
     monkeypatch.undo()
-    assert read_task(local, "t", limits=generous).train.num_rows == 10_000
+    put_part(local, "t", "train/part-00000.parquet", _bomb(rows=100, width=1000), rows=100)  # 400 KB decoded: allowed
+    assert read_task(local, "t").train.num_rows == 100
+    refused(local, r"refused before decoding", limits=TaskLimits(expansion_allowance=1, max_expansion=8))
 
 
 def test_the_decoded_bound_counts_values_not_only_encoded_bytes() -> None:

@@ -33,6 +33,8 @@ def test_there_are_at_least_twenty_kinds_on_each_backend():
 def test_each_kind_alone_gets_a_reason_naming_it(store: Store, kind: BadKind):
     if store.protocol not in kind.backends:
         pytest.skip(f"{kind.name} cannot be built on {store.protocol}: {kind.why_not}")
+    if kind.name == "too-many-files" and store.protocol == "s3":
+        pytest.skip("1,000 objects take seconds on the moto server; the scheduler test below builds this kind on S3")
     kind.build(store)
     v = validate_task(store, kind.name, DIGITS_SPEC)
     assert not v.ok and v.reason.startswith(f"task {kind.name!r}"), v
