@@ -828,8 +828,12 @@ def _read_dataset(
         rels = [rel for rel in manifest["files"] if rel.split("/", 1)[0] == split]
         if manifest["rows"][split] == 0 or not rels:
             raise TaskValidationError(name, f"{split}/", "split is empty", kind=k)
-        parts = []
+        parts, seen = [], 0
         for rel in rels:
+            seen += manifest["files"][rel]["rows"]  # each part's metadata must agree, before it is decoded
+            if seen > limits.max_rows:
+                raise TaskValidationError(name, rel, f"the {split} files up to this one hold more than the {limits.max_rows} "
+                                                     f"rows allowed per split (max_rows)", kind=k)
             table, size = _read_part(store, kind, name, split, rel, manifest["files"][rel], limits, rules)
             _check_rows(table, kind, split, name, rel, vocab_size=vocab_size, ranges=ranges, rules=rules)
             sizes[rel] = size

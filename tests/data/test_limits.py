@@ -120,9 +120,13 @@ def test_too_many_files_listed_or_under_the_folder(local: Store) -> None:
 
 
 def test_rows_per_split_limit(local: Store) -> None:
-    make(local)
+    make(local, rows_per_file=1)
     refused(local, r"rows\['train'\] is 3, more than the 2 rows allowed per split \(max_rows\)", file="manifest.json",
             limits=TaskLimits(max_rows=2))
+    m = local.read_json("tasks/t/manifest.json")
+    local.write_json("tasks/t/manifest.json", {**m, "rows": {"train": 1, "eval": 2}})  # understated: parts still counted
+    refused(local, r"the train files up to this one hold more than the 2 rows allowed per split \(max_rows\)",
+            file="train/part-00002.parquet", limits=TaskLimits(max_rows=2))
 
 
 def test_file_size_limit_before_download(local: Store, monkeypatch) -> None:
