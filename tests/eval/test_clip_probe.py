@@ -225,3 +225,15 @@ def test_the_tasks_suite_selects_it_from_the_environment(monkeypatch, tmp_path):
     with pytest.raises(ValueError, match="CL_CLIP_PROBE_BATCH='x'"):
         clip_probe_from_env_or_args("s", env={"CL_CLIP_PROBE_MODEL": "c", "CL_CLIP_PROBE_VQGAN": "v",
                                               "CL_CLIP_PROBE_BATCH": "x"})
+
+
+def test_local_path_of_store_paths_and_uris(store, tmp_path):
+    from cl_platform.eval.clip_probe import local_path
+
+    store.write_bytes("models/clip/config.json", b"{}")
+    store.write_bytes("models/vqgan.safetensors", b"weights")
+    cache = tmp_path / "cache"
+    folder = local_path(store, "models/clip", cache)
+    assert (folder / "config.json").read_bytes() == b"{}"
+    assert local_path(store, store.uri("models/vqgan.safetensors"), cache).read_bytes() == b"weights"
+    assert local_path(store, str(folder), cache) == folder  # an existing local path is used as it is
