@@ -71,13 +71,15 @@ def setting(
     gt: Optional[float] = None,
     le: Optional[float] = None,
     lt: Optional[float] = None,
+    choices: Optional[tuple[str, ...]] = None,
     sweep: Optional[str] = None,
 ) -> Any:
-    """A dataclass field with its documentation, flag, bounds and sweep role (see the module doc)."""
+    """A dataclass field with its documentation, flag, bounds or choices and sweep role (see the module doc)."""
     if sweep not in (None, "search", "fixed"):
         raise ValueError(f"sweep must be None, 'search' or 'fixed', got {sweep!r}")
     bounds = tuple((op, b) for op, b in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if b is not None)
-    metadata = {"help": help, "flag": flag, "cli": cli, "group": group, "bounds": bounds, "sweep": sweep}
+    metadata = {"help": help, "flag": flag, "cli": cli, "group": group, "bounds": bounds, "sweep": sweep,
+                "choices": tuple(choices) if choices else ()}
     return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
 
 
@@ -97,6 +99,7 @@ class Setting:
         group: the command-line group it belongs to.
         bounds: ``(op, bound)`` pairs a number must satisfy, op one of ``ge``, ``gt``, ``le``, ``lt``.
         sweep: ``"search"``, ``"fixed"`` or ``None``.
+        choices: the values a string setting may take (empty: any string).
     """
 
     owner: type
@@ -110,6 +113,7 @@ class Setting:
     group: str = ""
     bounds: tuple[tuple[str, float], ...] = ()
     sweep: Optional[str] = None
+    choices: tuple[str, ...] = ()
 
     def bounds_text(self) -> str:
         """The bounds as text, e.g. ``>= 0 and < 1`` (empty: unbounded)."""
@@ -123,6 +127,8 @@ class Setting:
             return f"must be {_EXPECTED[self.kind]}, got {value!r}"
         if self.kind in ("int", "float") and not all(_OPS[op][1](value, b) for op, b in self.bounds):
             return f"must be {self.bounds_text()}, got {value!r}"
+        if self.choices and value not in self.choices:
+            return f"must be one of {', '.join(self.choices)}, got {value!r}"
         return None
 
     def check(self, value: Any) -> Any:
@@ -199,7 +205,7 @@ def settings(cls: type) -> dict[str, Setting]:
         out[f.name] = Setting(
             owner=cls, name=f.name, kind=kind, optional=optional, default=default, help=m["help"],
             flag=m["flag"] or "--" + f.name.replace("_", "-"), cli=m["cli"], group=m["group"], bounds=m["bounds"],
-            sweep=m["sweep"],
+            sweep=m["sweep"], choices=m.get("choices", ()),
         )
     return out
 
@@ -223,7 +229,8 @@ def add_arguments(parser: Any, cls: type, *, group: str = "", notes: Optional[Ma
         default = ", ".join(x for x in (s.describe_default(), notes.get(s.name, "")) if x)
         text = s.help + (f" (default {default})" if default else "")
         parser.add_argument(s.flag, dest=s.name, type=s.parse, default=copy.deepcopy(s.default),
-                            metavar=_METAVAR.get(s.kind), help=text.replace("%", "%%"))
+                            metavar="{" + ",".join(s.choices) + "}" if s.choices else _METAVAR.get(s.kind),
+                            help=text.replace("%", "%%"))
 
 
 def namespace_kwargs(cls: type, namespace: argparse.Namespace) -> dict[str, Any]:

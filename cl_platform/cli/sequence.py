@@ -77,7 +77,7 @@ def _ranges(text: str) -> list[list[int]]:
 def _task_digest(text: str) -> tuple[str, str]:
     name, sep, digest = text.partition("=")
     if not sep or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
-        raise argparse.ArgumentTypeError(f"{text!r} is not TASK=<64 lower-case hex digits>")
+        raise argparse.ArgumentTypeError(f"{text!r} is not TASK=<sha256: 64 lower-case hex characters>")
     return name, digest
 
 

@@ -53,10 +53,14 @@ from cl_platform.methods.kd import TeacherTargets, _check_temperature, teacher_t
 __all__ = [
     "CACHE_FORMAT",
     "CACHE_SCHEMA_VERSION",
+    "SHARD_INDEX",
+    "ShardedTeacherCache",
     "TeacherCache",
     "cache_key",
     "compute_teacher_cache",
+    "shard_name",
     "tokens_digest",
+    "write_sharded_index",
 ]
 
 CACHE_FORMAT = "cl_platform.teacher_cache"
@@ -423,3 +427,114 @@ def compute_teacher_cache(
         key=key,
         tokens_sha256=tokens_digest(rows),
     )
+
+
+# ------------------------------------------------------------------------------------ shards
+
+#: Name of a sharded cache's index, written after every shard.
+SHARD_INDEX = "index.json"
+
+
+def shard_name(first_row: int, rows: int) -> str:
+    """File name of the shard whose first row id is ``first_row`` and which holds ``rows`` rows."""
+    return f"shard-{int(first_row):09d}-{int(rows):06d}.safetensors"
+
+
+@dataclass(eq=False)
+class ShardedTeacherCache:
+    """A teacher cache stored as shards under a store folder, streamed by the workers.
+
+    Layout: ``<prefix>/shard-*.safetensors`` (each a :class:`TeacherCache` of some stream rows, in
+    the order of its ``row_ids`` entry in the index) and ``<prefix>/index.json``, written last::
+
+        {"format": CACHE_FORMAT, "schema_version": 1, "k": K, "temperature": T, "key": ...,
+         "rows": N, "shards": [{"file": ..., "row_ids": [...], "positions": P, "bytes": B}, ...]}
+
+    A worker loads a shard the first time a batch needs one of its rows and keeps at most
+    ``max_loaded`` shards in memory (least recently used dropped), so a cache far larger than a
+    worker's memory can serve a run.
+    """
+
+    store: Any
+    prefix: str
+    index: dict[str, Any]
+    max_loaded: int = 4
+    _where: dict[int, tuple[int, int]] = field(init=False, repr=False)
+    _loaded: "dict[int, TeacherCache]" = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._where = {}
+        for s, shard in enumerate(self.index["shards"]):
+            for local, row in enumerate(shard["row_ids"]):
+                self._where[int(row)] = (s, local)
+        if sorted(self._where) != list(range(int(self.index["rows"]))):
+            raise ValueError(f"teacher cache {self.prefix}: the shards do not cover rows 0..{self.index['rows'] - 1} once each")
+        self._loaded = {}
+
+    @property
+    def k(self) -> int:
+        return int(self.index["k"])
+
+    @property
+    def temperature(self) -> float:
+        return float(self.index["temperature"])
+
+    @property
+    def key(self) -> str:
+        return str(self.index.get("key", ""))
+
+    def __len__(self) -> int:
+        return int(self.index["rows"])
+
+    @classmethod
+    def open(cls, store: Any, prefix: str, *, k: int | None = None, temperature: float | None = None,
+             key: str | None = None, max_loaded: int = 4) -> "ShardedTeacherCache":
+        """Open the cache under ``prefix`` (its index must exist: a cache without one is unfinished)."""
+        try:
+            index = json.loads(store.read_bytes(f"{prefix}/{SHARD_INDEX}"))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"teacher cache {prefix}: no {SHARD_INDEX} (not built, or its build did not finish)") from None
+        if index.get("format") != CACHE_FORMAT or index.get("schema_version") != CACHE_SCHEMA_VERSION:
+            raise ValueError(f"teacher cache {prefix}/{SHARD_INDEX}: not a version-{CACHE_SCHEMA_VERSION} {CACHE_FORMAT} index")
+        cache = cls(store=store, prefix=prefix, index=index, max_loaded=max_loaded)
+        problems = [f"{name}: expected {want!r}, cache has {have!r}"
+                    for name, want, have in (("k", k, cache.k), ("temperature", temperature, cache.temperature),
+                                             ("key", key, cache.key)) if want is not None and want != have]
+        if problems:
+            raise ValueError("teacher cache does not match what was asked for: " + "; ".join(problems))
+        return cache
+
+    def _shard(self, s: int) -> TeacherCache:
+        if s in self._loaded:
+            self._loaded[s] = self._loaded.pop(s)  # most recently used last
+            return self._loaded[s]
+        file = self.index["shards"][s]["file"]
+        cache = TeacherCache.from_bytes(self.store.read_bytes(f"{self.prefix}/{file}"), k=self.k)
+        if len(cache) != len(self.index["shards"][s]["row_ids"]):
+            raise ValueError(f"teacher cache {self.prefix}/{file}: {len(cache)} rows, the index lists "
+                             f"{len(self.index['shards'][s]['row_ids'])}")
+        self._loaded[s] = cache
+        while len(self._loaded) > self.max_loaded:
+            self._loaded.pop(next(iter(self._loaded)))
+        return cache
+
+    def targets(self, rows: Sequence[int], length: int) -> TeacherTargets:
+        """As :meth:`TeacherCache.targets`, reading the shards the rows live in."""
+        rows = [int(r) for r in rows]
+        missing = [r for r in rows if r not in self._where]
+        if missing:
+            raise ValueError(f"ShardedTeacherCache.targets: rows {missing} out of range for a stream of {len(self)} rows")
+        parts = [self._shard(self._where[r][0]).targets([self._where[r][1]], length) for r in rows]
+        return TeacherTargets(torch.cat([p.ids for p in parts]), torch.cat([p.logprobs for p in parts]))
+
+
+def write_sharded_index(store: Any, prefix: str, shards: Sequence[dict[str, Any]], *, k: int, temperature: float,
+                        key: str) -> dict[str, Any]:
+    """Write ``<prefix>/index.json`` over ``shards`` (each ``{"file", "row_ids", "positions", "bytes"}``),
+    sorted by first row; the last write of a build, so a reader never sees half a cache."""
+    ordered = sorted(shards, key=lambda s: min(s["row_ids"]))
+    index = {"format": CACHE_FORMAT, "schema_version": CACHE_SCHEMA_VERSION, "k": int(k), "temperature": float(temperature),
+             "key": key, "rows": sum(len(s["row_ids"]) for s in ordered),
+             "bytes": sum(int(s["bytes"]) for s in ordered), "shards": list(ordered)}
+    store.write_bytes(f"{prefix}/{SHARD_INDEX}", (json.dumps(index) + "\n").encode())
+    return index

@@ -374,7 +374,7 @@ def run_sweep(
     from cl_platform.sweeps import results as R
     from cl_platform.sweeps.trial import sweep_trial
     from cl_platform.train.resources import init_ray, runtime_env_for_store
-    from cl_platform.train.sequence import ensure_teacher_cache
+    from cl_platform.train.sequence import prepare_teacher
 
     t0 = time.time()
     st = Store(store or spec.store)
@@ -410,9 +410,11 @@ def run_sweep(
         if get_method(spec.method).needs_teacher and inputs.kd_stream:
             mc = MethodConfig(**{**MethodConfig().to_dict(), **{k: v for k, v in spec.fixed.items()
                                                                 if k in ("kd_top_k", "kd_temperature")}})
-            ms = inputs.spec
-            cache = ensure_teacher_cache(st, inputs.model_uri, inputs.kd_stream, ms, k=min(mc.kd_top_k, ms.vocab_size),
-                                         temperature=mc.kd_temperature, log=lambda m: log(f"[sweep] {m}"))
+            cache = prepare_teacher(st, inputs.spec, model_uri=inputs.model_uri, kd_stream=inputs.kd_stream,
+                                    k=mc.kd_top_k, temperature=mc.kd_temperature,
+                                    mode=spec.fixed.get("teacher_mode", "auto"),
+                                    limit_gb=float(spec.fixed.get("teacher_cache_limit_gb", 4.0)),
+                                    log=lambda m: log(f"[sweep] {m}"))
         plan = build_plan(spec, inputs, cache)
 
         _SESSION.log, _SESSION.stop_after, _SESSION.num_rounds = log, stop_after, spec.num_rounds

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Optional
 
 from cl_platform.fields import add_arguments, setting, validate
+from cl_platform.methods.teacher import TEACHER_MODES
 
 
 #: The values of ``SequenceConfig.precision``.
@@ -35,7 +36,8 @@ class SequenceConfig:
     kd_stream: Optional[str] = setting(None, cli=False, help="name of the image-generation stream used for KD "
                                                              "(methods that need a teacher)")
     teacher_cache: Optional[str] = setting(None, cli=False,
-                                           help="store path of the teacher cache for (base, kd stream, K, T)")
+                                           help="store path of the teacher cache for (base, kd stream, K, T): a "
+                                                "folder of shards (None: the online teacher, or no KD)")
     probe: Optional[dict] = setting(None, cli=False, help="the generation probe (ProbeSpec.to_dict(), "
                                                           "cl_platform.eval.probe; None: no generation score)")
     steps_per_task: int = setting(100, ge=1, flag="--steps", group="training", sweep="fixed",
@@ -54,7 +56,7 @@ class SequenceConfig:
                                    help="prompts per generate call during evaluation")
     seed: int = setting(0, ge=0, group="training", sweep="fixed",
                         help="seed of data order, adapter initialisation and sampling")
-    precision: str = setting("fp32", group="training", sweep="fixed",
+    precision: str = setting("fp32", choices=PRECISIONS, group="training", sweep="fixed",
                              help="fp32: everything in float32; bf16: the frozen base weights stored in bfloat16 and "
                                   "the forward run under bfloat16 autocast, while the adapters, their gradients, the "
                                   "optimizer state and the losses stay in float32 (one of: fp32, bf16)")
@@ -62,6 +64,14 @@ class SequenceConfig:
                                           help="1: keep only each decoder layer's input during the forward and "
                                                "recompute the layer in the backward (less activation memory, about "
                                                "a third more compute); 0: keep every activation")
+    teacher_mode: str = setting("auto", choices=TEACHER_MODES, group="training", sweep="fixed",
+                                help="where the KD teacher's targets come from: 'cached' (computed once by a Ray "
+                                     "Data job over actors, stored in shards the workers stream), 'online' (the "
+                                     "frozen base in each worker, a second no-grad forward per KD batch) or 'auto' "
+                                     "(cached when the estimated cache fits --teacher-cache-limit-gb)")
+    teacher_cache_limit_gb: float = setting(4.0, ge=0, group="training", sweep="fixed",
+                                            help="with --teacher-mode auto: the largest teacher cache (GiB) built "
+                                                 "before the online teacher is chosen instead")
     from_checkpoint: Optional[str] = setting(None, cli=False, help="store path of an adapter to start from "
                                                                    "(another run's final checkpoint)")
     log_every: int = setting(25, ge=1, group="training", sweep="fixed", help="progress line every N steps")
@@ -82,8 +92,6 @@ class SequenceConfig:
 
     def __post_init__(self) -> None:
         validate(self)
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"SequenceConfig.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

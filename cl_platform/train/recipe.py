@@ -132,11 +132,18 @@ def build_model(method: ContinualMethod, base: torch.nn.Module, spec: ModalitySp
 def step_loss(model: torch.nn.Module, method: ContinualMethod, ids: torch.Tensor, attention_mask: torch.Tensor,
               labels: torch.Tensor, inputs: StepInputs, *, precision: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The forwards of one step under :func:`autocast` and their losses: the answer-only
-    cross-entropy (float32) and the method's weighted loss terms (KD is float32 too)."""
+    cross-entropy (float32) and the method's weighted loss terms (KD is float32 too).
+
+    The task's logits are reduced to their loss before the method's forwards run, so the two
+    batches' logits are never held at once.
+    """
     with autocast(precision, ids.device):
         logits = model(input_ids=ids, attention_mask=attention_mask, use_cache=False).logits
+    loss = answer_loss(logits, labels)
+    del logits
+    with autocast(precision, ids.device):
         terms = method.loss_terms(model, inputs)
-    return answer_loss(logits, labels), terms
+    return loss, terms
 
 
 def train_step(model: torch.nn.Module, method: ContinualMethod, ids: torch.Tensor, attention_mask: torch.Tensor,

@@ -34,26 +34,50 @@ def model_identity(store: Store, model_uri: str) -> str:
     return h.hexdigest()
 
 
-def ensure_teacher_cache(store: Store, model_uri: str, stream: str, spec: ModalitySpec, *, k: int,
-                         temperature: float, log: Callable[[str], None] = print) -> str:
-    """Store path of the teacher cache for (base model, stream, K, T), computing it if absent."""
-    from cl_platform.models.chameleon import load_model
-    from cl_platform.methods.teacher_cache import cache_key, compute_teacher_cache
+def prepare_teacher(store: Store, spec: ModalitySpec, *, model_uri: str, kd_stream: str, k: int, temperature: float,
+                    mode: str = "auto", limit_gb: float = 4.0, actors: int = 1, gpus_per_actor: float = 0.0,
+                    cpus_per_actor: float = 1.0, log: Callable[[str], None] = print) -> Optional[str]:
+    """The KD teacher of a run: the store prefix of its cache (built by a Ray Data job over
+    ``actors`` actors if absent: :func:`cl_platform.train.teacher_build.build_teacher_cache`), or
+    ``None`` for the online teacher (the workers run the frozen base themselves).
 
-    manifest = store.read_json(f"streams/{stream}/manifest.json")
-    stream_id = f"{stream}:" + hashlib.sha256(json.dumps(manifest.get("files", {}), sort_keys=True).encode()).hexdigest()
+    ``mode`` ``auto`` estimates the cache from the KD stream's size and ``k`` and caches only when
+    it fits ``limit_gb`` (:func:`cl_platform.methods.teacher.choose_teacher_mode`); the choice and
+    its reason are logged. Needs Ray running.
+    """
+    import pyarrow.compute as pc
+
+    from cl_platform.methods.teacher import choose_teacher_mode
+    from cl_platform.methods.teacher_cache import SHARD_INDEX, cache_key
+    from cl_platform.train.teacher_build import build_teacher_cache
+
+    k = min(k, spec.vocab_size)
+    stream = read_stream(store, kd_stream, vocab_size=spec.vocab_size).data
+    tokens = stream.column("tokens")
+    positions = int(pc.sum(pc.list_value_length(tokens)).as_py() or 0)
+    choice = choose_teacher_mode(mode, rows=stream.num_rows, positions=positions, k=k, limit_bytes=int(limit_gb * 2**30))
+    log(f"teacher: {choice.reason}")
+    if choice.mode == "online":
+        return None
+    manifest = store.read_json(f"streams/{kd_stream}/manifest.json")
+    stream_id = f"{kd_stream}:" + hashlib.sha256(json.dumps(manifest.get("files", {}), sort_keys=True).encode()).hexdigest()
     key = cache_key(model_identity(store, model_uri), stream_id, k, temperature)
-    path = f"cache/teacher/{key}.safetensors"
-    if store.exists(path):
-        log(f"teacher cache: reusing {store.uri(path)}")
-        return path
-    t0 = time.time()
-    model = load_model(model_uri)
-    rows = read_stream(store, stream, vocab_size=spec.vocab_size).data.column("tokens").to_pylist()
-    cache = compute_teacher_cache(model, rows, pad_id=spec.pad_id, k=k, temperature=temperature, key=key, batch_size=32)
-    store.write_bytes(path, cache.to_bytes())
-    log(f"teacher cache: {len(rows)} rows, top-{k}, computed in {time.time() - t0:.1f}s -> {store.uri(path)}")
-    return path
+    prefix = f"cache/teacher/{key}"
+    if store.exists(f"{prefix}/{SHARD_INDEX}"):
+        log(f"teacher cache: reusing {store.uri(prefix)}")
+        return prefix
+    build_teacher_cache(store, model_uri, tokens, prefix=prefix, pad_id=spec.pad_id, k=k, temperature=temperature,
+                        key=key, actors=actors, gpus_per_actor=gpus_per_actor, cpus_per_actor=cpus_per_actor, log=log)
+    return prefix
+
+
+def teacher_of(store: Store, cfg: SequenceConfig, spec: ModalitySpec, *, log: Callable[[str], None] = print) -> Optional[str]:
+    """:func:`prepare_teacher` with a run's settings (its workers' resources build the cache)."""
+    mc = MethodConfig(**cfg.method_config)
+    return prepare_teacher(store, spec, model_uri=cfg.model_uri, kd_stream=cfg.kd_stream, k=mc.kd_top_k,
+                           temperature=mc.kd_temperature, mode=cfg.teacher_mode, limit_gb=cfg.teacher_cache_limit_gb,
+                           actors=cfg.num_workers, gpus_per_actor=float(cfg.gpus_per_worker or 0.0),
+                           cpus_per_actor=cfg.cpus_per_worker, log=log)
 
 
 def validate_tasks(store: Store, tasks: Sequence[str], spec: ModalitySpec) -> None:
@@ -229,10 +253,7 @@ def run_sequence(
                                        methods=list(methods), resume=resume, from_run=from_run)
         cache_path = None
         if any(get_method(m).needs_teacher for m in methods) and base_cfg.kd_stream:
-            mc = MethodConfig(**base_cfg.method_config)
-            k = min(mc.kd_top_k, spec.vocab_size)
-            cache_path = ensure_teacher_cache(store, base_cfg.model_uri, base_cfg.kd_stream, spec, k=k,
-                                              temperature=mc.kd_temperature, log=log)
+            cache_path = teacher_of(store, base_cfg, spec, log=log)
         todo = []
         for m in methods:
             if sorted(ledger.done_rounds(m)) == list(range(len(base_cfg.tasks))):

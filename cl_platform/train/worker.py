@@ -17,7 +17,8 @@ from typing import Any, Callable, Iterator, Optional
 
 import torch
 
-from cl_platform.methods.teacher_cache import TeacherCache
+from cl_platform.methods.teacher import CachedTeacher, OnlineTeacher, TeacherSource
+from cl_platform.methods.teacher_cache import ShardedTeacherCache, TeacherCache
 from cl_platform.models.modality import ModalitySpec
 from cl_platform.store import Store
 from cl_platform.train import checkpoint as ckpt
@@ -51,7 +52,7 @@ class _Fit:
         self.eval_set: Optional[EvalSet] = None
         self._base: Optional[tuple[list[float], Optional[float]]] = None
         self.base_eval_seconds = 0.0  # spent evaluating the base model, reported once (see take_base_eval_seconds)
-        self._teacher: Optional[TeacherCache] = None
+        self._teacher: Optional[TeacherSource] = None
 
     def evaluation_set(self) -> EvalSet:
         if self.eval_set is None:
@@ -74,9 +75,16 @@ class _Fit:
         s, self.base_eval_seconds = self.base_eval_seconds, 0.0
         return s
 
-    def teacher(self, path: str) -> TeacherCache:
+    def teacher(self, path: Optional[str], k: int) -> TeacherSource:
+        """The KD teacher of the fit: the cache at ``path`` (a folder of shards streamed from the
+        store, or one safetensors file), or the frozen base online when ``path`` is ``None``."""
         if self._teacher is None:
-            self._teacher = TeacherCache.from_bytes(self.store.read_bytes(path))
+            if path is None:
+                self._teacher = OnlineTeacher(k)
+            elif path.endswith(".safetensors"):
+                self._teacher = CachedTeacher(TeacherCache.from_bytes(self.store.read_bytes(path)))
+            else:
+                self._teacher = CachedTeacher(ShardedTeacherCache.open(self.store, path))
         return self._teacher
 
 

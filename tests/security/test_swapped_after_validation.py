@@ -101,4 +101,4 @@ def test_the_round_job_refuses_a_swapped_manifest_before_reading(tmp_path, capsy
 def test_a_bad_digest_argument_is_refused(capsys):
     with pytest.raises(SystemExit):
         sequence_main(["--tasks", "t", "--task-digest", "t=abc"])
-    assert "TASK=<64 lower-case hex digits>" in capsys.readouterr().err
+    assert "TASK=<sha256: 64 lower-case hex characters>" in capsys.readouterr().err

@@ -198,7 +198,8 @@ def test_sweep_settings_are_the_config_fields():
 REFUSED = {"r_text": 0, "r_image": 0, "num_experts": 0, "lora_alpha": 0.0, "lora_dropout": 1.0, "kd_weight": -1.0,
            "target_modules": [], "kd_temperature": 0.0, "kd_top_k": 0, "lr": 0.0, "weight_decay": -1.0,
            "steps_per_task": 0, "batch_size": 0, "kd_batch_size": 0, "warmup_frac": 1.0, "grad_clip": -1.0,
-           "checkpoint_every": -1, "eval_batch_size": 0, "seed": -1, "log_every": 0, "max_failures": -1}
+           "checkpoint_every": -1, "eval_batch_size": 0, "seed": -1, "log_every": 0, "max_failures": -1,
+           "precision": "fp16", "gradient_checkpointing": 2, "teacher_mode": "gpu", "teacher_cache_limit_gb": -1.0}
 
 
 @pytest.mark.parametrize("name", sorted(REFUSED))

@@ -72,7 +72,7 @@ def test_quick_sequence_two_workers_two_methods_with_the_store_on_s3(fresh_digit
     assert f"results: {s3_url}/runs/{run}/results.json" in proc.stdout
     for method in methods:
         _check_results(store, run, method, TASKS)
-    assert len(store.walk("cache/teacher")) == 1  # computed once, in the bucket
+    assert len(store.glob("cache/teacher/*/index.json")) == 1  # computed once, in the bucket
     # the base model came from the bucket, and nothing went to a local store
     assert store.read_json(f"runs/{run}/results.json")["config"]["model_uri"].startswith(f"{s3_url}/models/")
     assert not (ROOT / ".cl_store" / "runs" / run).exists()
@@ -109,7 +109,7 @@ def test_ray_job_submit_quick_sequence_against_a_local_head(fresh_digits_store, 
         t1 = time.monotonic()
         job_id = client.submit_job(
             entrypoint=f"python jobs/sequence.py --store {fresh_digits_store} --quick --tasks parity --suite digits "
-                       f"--method seq_lora --run {run}",
+                       f"--method mode --teacher-mode online --run {run}",
             # .git and .venv are excluded by Ray by default (it warns when they are listed); the
             # upload is the code only, ~1 MB
             runtime_env={"working_dir": str(ROOT), "excludes": [".cl_store", ".ray_local", ".pytest_cache", "*.egg-info"]},
@@ -126,9 +126,11 @@ def test_ray_job_submit_quick_sequence_against_a_local_head(fresh_digits_store, 
             client.stop_job(job_id)
         assert status == JobStatus.SUCCEEDED, f"job {status} after {job_s:.0f}s:\n{logs[-6000:]}"
         # the final table, printed by the job's driver
-        assert "avg accuracy" in logs and "generation drop" in logs and "seq_lora" in logs, logs[-4000:]
+        assert "avg accuracy" in logs and "generation drop" in logs and "mode" in logs, logs[-4000:]
         assert f"results: file://{fresh_digits_store}/runs/{run}/results.json" in logs, logs[-4000:]
-        _check_results(Store(fresh_digits_store), run, "seq_lora", ["parity"])
+        # KD from the frozen base run by the worker itself: no cache built
+        assert "teacher: online (asked" in logs and "teacher cache:" not in logs, logs[-4000:]
+        _check_results(Store(fresh_digits_store), run, "mode", ["parity"])
 
         # the dashboard's job API lists the job
         jobs = {j.submission_id: j for j in client.list_jobs()}

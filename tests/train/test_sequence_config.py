@@ -22,7 +22,8 @@ BAD = {
     "steps_per_task": 0, "batch_size": 0, "kd_batch_size": 0, "lr": 0.0, "warmup_frac": 1.0, "weight_decay": -0.1,
     "grad_clip": -1.0, "checkpoint_every": -1, "eval_batch_size": 0, "seed": -1, "log_every": 0,
     "num_workers": 0, "cpus_per_worker": 0.0, "gpus_per_worker": -1.0, "max_failures": -1, "cache_rows": -1,
-    "torch_threads": -1, "precision": "fp16", "gradient_checkpointing": 2,
+    "torch_threads": -1, "precision": "fp16", "gradient_checkpointing": 2, "teacher_mode": "gpu",
+    "teacher_cache_limit_gb": -1.0,
 }
 
 #: The flags kept from before the parser was generated: flag -> (field, value given, value parsed).
