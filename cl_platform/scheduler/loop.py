@@ -32,7 +32,7 @@ from cl_platform.scheduler.runner import GONE, NOT_FOUND, JobStatus, Runner, rou
 from cl_platform.scheduler.state import (
     FailedTask, InFlightRound, LearnedTask, LineageState, PendingRetry, QuarantinedTask, StateConflictError, StateStore,
 )
-from cl_platform.scheduler.validate import Verdict, invalid_name_verdict, lineage_spec, validate_task
+from cl_platform.scheduler.validate import Verdict, invalid_name_verdict, lineage_context, lineage_spec, validate_task
 from cl_platform.store import Store
 from cl_platform.suites import available_suites
 
@@ -145,6 +145,7 @@ class Scheduler:
         self.stop_event = threading.Event()
         self.permanent_failures = 0
         self._spec = None
+        self._context: Optional[int] = None  # tokens per row the lineage's model takes (0: unknown)
         self._mine: set[str] = set()  # submission ids this process submitted (not re-attached)
         self._keeper: Optional[LeaseKeeper] = None
         self._lost_error: Optional[BaseException] = None
@@ -309,7 +310,7 @@ class Scheduler:
             detected = self.clock()
             self.events.emit("detected", task=name, ready_time=cand.ready_time,
                              since_ready_s=round(detected - cand.ready_time, 3))
-            verdict = validate_task(self.store, name, self.spec, min_rows=self.settings.min_rows)
+            verdict = self._validate(name)
             if verdict.ok:
                 verdict = self._suite_rule(verdict)
             if not verdict.ok:
@@ -321,6 +322,12 @@ class Scheduler:
                               digest=verdict.digest)
             return True
         return False
+
+    def _validate(self, name: str) -> Verdict:
+        if self._context is None:
+            self._context = lineage_context(self.store, self.settings) or 0
+        return validate_task(self.store, name, self.spec, min_rows=self.settings.min_rows,
+                             max_tokens=self._context or None)
 
     def _quarantine(self, state: LineageState, name: str, reason: str, file: Optional[str]) -> None:
         fp = content_fingerprint(self.store, name)
@@ -349,7 +356,7 @@ class Scheduler:
     def _changed_since_validation(self, task: str, digest: Optional[str]) -> Optional[tuple[str, Optional[str]]]:
         """``(reason, file)`` when task ``task`` is no longer valid or no longer the version that was
         validated (its manifest's sha256 differs from ``digest``); ``None`` when it is unchanged."""
-        verdict = validate_task(self.store, task, self.spec, min_rows=self.settings.min_rows)
+        verdict = self._validate(task)
         if not verdict.ok:
             return verdict.reason or "invalid", verdict.file
         if digest is not None and verdict.digest != digest:

@@ -66,6 +66,21 @@ def lineage_spec(store: Store, settings: LineageSettings) -> ModalitySpec:
         raise ValueError(f"lineage model: {exc}") from None
 
 
+def lineage_context(store: Store, settings: LineageSettings) -> Optional[int]:
+    """The context length (``max_position_embeddings``) of the lineage's own base model, the bound on
+    tokens per row; ``None`` when the lineage uses its suite's model or the config does not say."""
+    if not settings.model:
+        return None
+    uri = settings.model if "://" in settings.model else store.uri(settings.model)
+    parent, _, name = uri.rstrip("/").rpartition("/")
+    try:
+        config = Store(parent).read_json(f"{name}/config.json")
+    except (OSError, ValueError):
+        return None
+    n = config.get("max_position_embeddings") or (config.get("text_config") or {}).get("max_position_embeddings")
+    return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
+
+
 def validate_task(store: Store, name: str, spec: ModalitySpec, *, min_rows: int = 0, max_tokens: Optional[int] = None,
                   limits: Optional[TaskLimits] = None) -> Verdict:
     """Validate task ``name`` for a model with ``spec``; never raises for a bad task.
@@ -134,4 +149,4 @@ def invalid_name_verdict(name: str) -> Verdict:
     raise ValueError(f"task name {name!r} is valid")
 
 
-__all__ = ["MAX_REASON_CHARS", "STORE_ERRORS", "Verdict", "invalid_name_verdict", "lineage_spec", "validate_task"]
+__all__ = ["MAX_REASON_CHARS", "STORE_ERRORS", "Verdict", "invalid_name_verdict", "lineage_context", "lineage_spec", "validate_task"]

@@ -126,3 +126,23 @@ def test_verdict_carries_the_manifest_digest_and_the_model_bounds(tmp_path):
     short = validate_task(store, "t", DIGITS_SPEC, max_tokens=4)
     assert not short.ok and "more than the 4 allowed per row (max_tokens)" in short.reason
     assert short.file == "train/part-00000.parquet"
+
+
+def test_rows_longer_than_the_lineage_models_context_are_quarantined(file_harness, tmp_path):
+    """The lineage's own model says how many tokens a row may have (its max_position_embeddings)."""
+    import json
+
+    from cl_platform.scheduler.config import LineageSettings
+    from cl_platform.scheduler.validate import lineage_context
+    from cl_platform.suites.digits.vocab import DIGITS_SPEC
+    from tests.support.sched_helpers import small_task, state_json
+
+    store = file_harness.store
+    store.write_json("models/short/config.json", {"max_position_embeddings": 4})
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(DIGITS_SPEC.to_dict()))
+    settings = LineageSettings(suite="tasks", model="models/short", spec=str(spec))
+    assert lineage_context(store, settings) == 4 and lineage_context(store, LineageSettings()) is None
+    small_task(store, "five-tokens")  # train rows of 5 tokens
+    assert file_harness.scheduler(settings=settings).run() == 0
+    assert "five-tokens" in state_json(store)["quarantined"]
