@@ -6,10 +6,12 @@ CLIP's image tower (OpenAI CLIP ViT-B/32 in the paper) to unit vectors. The scor
 image ``g`` of a prompt with targets ``T`` is its mean cosine similarity to them:
 
     s(g) = mean_{t in T} cos(CLIP(g), CLIP(t))
-    generation_score = mean of s(g) over every generated image of the probe
+    generation_score = max(0, mean of s(g) over every generated image of the probe)
 
-in ``[-1, 1]``, higher is better; the base model's value is round 0 and ``generation_drop`` =
-base - current, as for the other probes. :meth:`ClipAlignmentProbe.details` adds the standard
+higher is better; the base model's value is round 0 and ``generation_drop`` = base - current, as
+for the other probes. The mean lies in ``[-1, 1]``; run results hold generation scores as
+fractions in ``[0, 1]``, hence the clip at 0 (a guard only: CLIP image-image cosines are positive
+in practice). :meth:`ClipAlignmentProbe.details` adds the standard
 error of that mean (``std(s, ddof=1) / sqrt(n)``) over the images this probe object scored.
 
 **Prompts and targets.** Stream rows are ``tokens`` = prompt + ``<boi>`` + image codes + ``<eoi>``
@@ -247,7 +249,7 @@ class ClipImageEmbedder:
 
 
 class ClipAlignmentProbe(GenerationProbe):
-    """``generation_score`` = mean CLIP image alignment of generated images to their prompts' targets.
+    """``generation_score`` = mean CLIP image alignment of generated images to their prompts' targets (clipped at 0).
 
     Args:
         prompts: the probe's prompts and target images (:func:`group_prompts`).
@@ -310,8 +312,8 @@ class ClipAlignmentProbe(GenerationProbe):
         return float(sum(scores)), float(len(scores))
 
     def score(self, numerator: float, denominator: float) -> float:
-        """Mean alignment in ``[-1, 1]`` (0 for no images)."""
-        return numerator / denominator if denominator else 0.0
+        """Mean alignment clipped at 0, so in ``[0, 1]`` (0 for no images)."""
+        return max(0.0, numerator / denominator) if denominator else 0.0
 
     def details(self) -> ClipAlignmentDetails:
         """Mean, standard error and per-image scores of the latest :meth:`partial` (this rank's share)."""

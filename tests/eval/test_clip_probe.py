@@ -143,6 +143,7 @@ def test_a_model_drawing_the_target_scores_one():
     num, den = probe.partial(Copycat(single), 0, 1)
     assert den == 4 and probe.score(num, den) == pytest.approx(1.0, abs=1e-5)
     assert probe.details().stderr == pytest.approx(0.0, abs=1e-5)
+    assert probe.score(-1.0, 2.0) == 0.0 and probe.score(0.0, 0.0) == 0.0  # results hold fractions in [0, 1]
 
 
 def test_probe_scores_and_standard_error(model):
