@@ -42,6 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--probe-stream", default=None,
                      help="held-out generation stream of the image-token likelihood probe "
                           "(default: the suite's probe; for 'tasks', <kd stream>-probe when present)")
+    src.add_argument("--clip-model", default=None,
+                     help="with --vqgan: measure image generation as the CLIP image alignment of generated images "
+                          "(a CLIP save_pretrained directory, local or in the store; default: $CL_CLIP_PROBE_MODEL)")
+    src.add_argument("--vqgan", default=None,
+                     help="the VQ-GAN image decoder for --clip-model: an Anole checkpoint directory or its vqgan "
+                          "file (default: $CL_CLIP_PROBE_VQGAN)")
     src.add_argument("--task-digest", action="append", type=_task_digest, default=[], metavar="TASK=SHA256",
                      help="train TASK only if its manifest.json has this sha256 and every file it lists still "
                           "matches it, checked before anything is read (the scheduler passes the digest it validated); "
@@ -113,7 +119,7 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
     methods = _csv(args.methods) or ([args.method] if args.method else ["mode"])
     request = RunRequest(suite=args.suite, tasks=_csv(args.tasks), order=_csv(args.order), model=args.model,
                          spec=args.spec, kd_stream=args.kd_stream, probe_stream=args.probe_stream,
-                         probe_size=args.probe_size, quick=args.quick,
+                         probe_size=args.probe_size, quick=args.quick, clip_model=args.clip_model, vqgan=args.vqgan,
                          image_token_ranges=_ranges(args.image_token_ranges) if args.image_token_ranges else None)
     inputs = resolve_run_inputs(store, request)
     print(inputs.describe(), flush=True)

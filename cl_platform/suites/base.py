@@ -38,6 +38,10 @@ class RunRequest:
         probe_size: size of the generation probe (images per class for a judge, rows for the
             likelihood probe; ``None``: the suite's default).
         quick: a short run (CI, smoke tests): the suite may choose a smaller probe.
+        clip_model: a CLIP ``save_pretrained`` directory (store path or URI): with ``vqgan``, the
+            ``tasks`` suite measures generation with the CLIP image-alignment probe
+            (:mod:`cl_platform.eval.clip_probe`) instead of the likelihood probe.
+        vqgan: the VQ-GAN image decoder (an Anole checkpoint directory or its ``vqgan`` file).
     """
 
     suite: Optional[str] = None
@@ -50,6 +54,8 @@ class RunRequest:
     probe_stream: Optional[str] = None
     probe_size: Optional[int] = None
     quick: bool = False
+    clip_model: Optional[str] = None
+    vqgan: Optional[str] = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -47,6 +47,9 @@ def resolve_run_inputs(store: Store, request: RunRequest, log: Log = print) -> R
     from cl_platform.train.sequence import validate_tasks
 
     suite = suite_for(request)
+    if (request.clip_model or request.vqgan) and suite.name != "tasks":
+        raise ValueError(f"--clip-model/--vqgan choose the CLIP probe of the 'tasks' suite (a Chameleon/Anole model "
+                         f"whose image tokens a VQ-GAN decodes); suite {suite.name!r} measures generation with its own probe")
     model_uri, spec = resolve_model(store, request, log)
     tasks = suite.resolve_tasks(store, request)
     order = list(request.order) or tasks

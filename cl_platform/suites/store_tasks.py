@@ -145,7 +145,8 @@ class StoreTasks(Suite):
             log("no generation probe: pass --probe-stream (a held-out generation stream) to measure "
                 "image-generation forgetting")
             return None
-        clip = clip_probe_from_env_or_args(stream, request.probe_size)
+        clip = clip_probe_from_env_or_args(stream, request.probe_size, clip_model=request.clip_model,
+                                           vqgan=request.vqgan)
         if clip is not None:
             return clip
         return image_likelihood_spec(stream, request.probe_size)

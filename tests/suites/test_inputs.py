@@ -107,3 +107,11 @@ def test_a_registered_suite_resolves_through_the_same_path(user, monkeypatch):
     assert inputs.suite == "fixed-test" and inputs.tasks == [user["tasks"][0]]
     with pytest.raises(TypeError):
         register_suite(object)
+
+
+def test_the_clip_probe_flags_belong_to_the_tasks_suite(tmp_path):
+    from cl_platform.store import Store
+    from cl_platform.suites import RunRequest, resolve_run_inputs
+
+    with pytest.raises(ValueError, match="--clip-model/--vqgan choose the CLIP probe of the 'tasks' suite"):
+        resolve_run_inputs(Store(f"file://{tmp_path}/s"), RunRequest(suite="digits", clip_model="clip", vqgan="vq"))
