@@ -88,6 +88,22 @@ WORKSPACE_COEFFICIENT = 4.0
 
 _GIB = 1024**3
 
+#: Anole-7b's (Chameleon-7B's) numbers, for ``transformers.ChameleonConfig(**ANOLE_7B)``.
+ANOLE_7B: dict[str, int] = {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
+                            "num_attention_heads": 32, "num_key_value_heads": 32, "vocab_size": 65536,
+                            "max_position_embeddings": 4096}
+
+#: The tiny-Chameleon sizes the estimate is checked against on the CPU: name -> (model numbers,
+#: task batch, sequence length, KD batch).
+CHECK_SIZES: dict[str, tuple[dict[str, int], int, int, int]] = {
+    "0.8M": ({"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 3, "num_attention_heads": 4,
+              "vocab_size": 1024}, 16, 128, 8),
+    "7M": ({"hidden_size": 256, "intermediate_size": 688, "num_hidden_layers": 4, "num_attention_heads": 4,
+            "vocab_size": 8192}, 8, 128, 4),
+    "59M": ({"hidden_size": 512, "intermediate_size": 1376, "num_hidden_layers": 8, "num_attention_heads": 8,
+             "vocab_size": 32768}, 4, 256, 2),
+}
+
 
 def _bytes_of(precision: str) -> int:
     if precision not in ("fp32", "bf16"):
@@ -351,6 +367,25 @@ def estimate_memory(
         + (_layer_activations(shape, adapter, precision, max(task_tokens, kd_tokens)) if gradient_checkpointing else 0),
         settings=settings,
     )
+
+
+def gpu_table(model_config: Any, *, gpus_gb: tuple[int, ...] = (24, 40, 80), batches: tuple[int, ...] = (1, 4),
+              seq_lens: tuple[int, ...] = (1026, 4096), kd_seq_len: int = 1026, **kwargs: Any) -> list[dict[str, Any]]:
+    """One row per precision x checkpointing x batch x task length: the estimate's total (GB,
+    10^9 bytes) and the GPUs of ``gpus_gb`` it fits (:meth:`MemoryEstimate.fits`), with a KD batch
+    as large as the task batch of ``kd_seq_len`` tokens. ``kwargs`` go to :func:`estimate_memory`."""
+    rows = []
+    for precision in ("fp32", "bf16"):
+        for checkpointing in (False, True):
+            for batch in batches:
+                for seq in seq_lens:
+                    e = estimate_memory(model_config, precision=precision, gradient_checkpointing=checkpointing,
+                                        batch_size=batch, seq_len=seq, kd_batch_size=batch, kd_seq_len=kd_seq_len,
+                                        **kwargs)
+                    rows.append({"precision": precision, "gradient_checkpointing": checkpointing, "batch_size": batch,
+                                 "seq_len": seq, "total_gb": round(e.total / 1e9, 1),
+                                 "fits_gb": [g for g in gpus_gb if e.fits(g * 1e9)]})
+    return rows
 
 
 # ---------------------------------------------------------------------------------- measurement

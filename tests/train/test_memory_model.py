@@ -14,34 +14,21 @@ from transformers import ChameleonConfig, LlamaConfig
 from cl_platform.methods import MethodConfig
 from cl_platform.models.tiny import TinyModelConfig
 from cl_platform.train.memory import (
-    AdapterShape, ModelShape, estimate_memory, measure_runtime, measure_training_step,
+    ANOLE_7B, CHECK_SIZES, AdapterShape, ModelShape, estimate_memory, gpu_table, measure_runtime, measure_training_step,
 )
 
 #: Allowed relative error of the estimate against the measurement (module docstring).
 TOLERANCE = 0.25
 
-#: name -> (model size, task batch, sequence length, KD batch)
-SIZES = {
-    "0.8M": ({"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 3, "num_attention_heads": 4,
-              "vocab_size": 1024}, 16, 128, 8),
-    "7M": ({"hidden_size": 256, "intermediate_size": 688, "num_hidden_layers": 4, "num_attention_heads": 4,
-            "vocab_size": 8192}, 8, 128, 4),
-    "59M": ({"hidden_size": 512, "intermediate_size": 1376, "num_hidden_layers": 8, "num_attention_heads": 8,
-             "vocab_size": 32768}, 4, 256, 2),
-}
-
-ANOLE_7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-                num_key_value_heads=32, vocab_size=65536, max_position_embeddings=4096)
-GB = 10**9
-
 
 @pytest.fixture(scope="module")
 def runtime() -> dict[str, int]:
+    """precision -> the runtime's fixed cost (:func:`measure_runtime`), measured once per module."""
     return {}
 
 
 def _check(size: str, precision: str, checkpointing: bool, runtime: dict[str, int]) -> None:
-    model, batch, seq, kd_batch = SIZES[size]
+    model, batch, seq, kd_batch = CHECK_SIZES[size]
     if precision not in runtime:
         runtime[precision] = measure_runtime(precision)
     measured = measure_training_step(model, precision=precision, gradient_checkpointing=checkpointing,
@@ -101,21 +88,15 @@ def test_checkpointing_lowers_activations_and_bf16_halves_the_base():
 
 
 def test_anole_7b_on_24_40_and_80_gb():
-    cfg = ChameleonConfig(**ANOLE_7B)
-    rows = []
-    for precision in ("fp32", "bf16"):
-        for checkpointing in (False, True):
-            for batch in (1, 4):
-                for seq in (1026, 4096):
-                    e = estimate_memory(cfg, precision=precision, gradient_checkpointing=checkpointing,
-                                        batch_size=batch, seq_len=seq, kd_batch_size=batch, kd_seq_len=1026)
-                    fits = [g for g in (24, 40, 80) if e.fits(g * GB)]
-                    rows.append((precision, checkpointing, batch, seq, e.total / GB, fits))
-                    print(f"{precision} ckpt={checkpointing} batch={batch} seq={seq}: {e.total / GB:.1f} GB, fits {fits}")
-    by = {r[:4]: r for r in rows}
-    assert by[("bf16", True, 1, 1026)][5] == [24, 40, 80]  # bf16 + checkpointing: a 24 GB GPU
-    assert by[("fp32", False, 1, 1026)][5] == [80]  # what the trainer did before: 80 GB GPUs only
-    assert by[("fp32", False, 4, 4096)][5] == []
+    rows = gpu_table(ChameleonConfig(**ANOLE_7B))
+    for r in rows:
+        print(f"{r['precision']} checkpointing={r['gradient_checkpointing']} batch={r['batch_size']} "
+              f"seq={r['seq_len']}: {r['total_gb']} GB, fits {r['fits_gb']}")
+    by = {(r["precision"], r["gradient_checkpointing"], r["batch_size"], r["seq_len"]): r["fits_gb"] for r in rows}
+    assert len(rows) == 16
+    assert by[("bf16", True, 1, 1026)] == [24, 40, 80]  # bf16 + checkpointing: a 24 GB GPU
+    assert by[("fp32", False, 1, 1026)] == [80]  # float32 without checkpointing: 80 GB GPUs only
+    assert by[("fp32", False, 4, 4096)] == []
 
 
 def test_bad_arguments_are_refused():
