@@ -121,27 +121,33 @@ def test_gradient_checkpointing_recomputes_and_gives_the_same_gradients():
         torch.testing.assert_close(ckpt[name], plain[name], rtol=1e-5, atol=1e-5, msg=name)
 
 
-def _accuracies(store: str, run: str) -> list[float]:
-    """The final row of a run's accuracy matrix (each task's accuracy after the last round)."""
+def _final_scores(store: str, run: str) -> tuple[list[float], list[float], float]:
+    """Each task's accuracy after the last round, each round's task loss (moving average, from the
+    ledger) and the seconds of training steps."""
     from cl_platform.store import Store
+    from cl_platform.train.ledger import Ledger
 
-    results = json.loads(Store(store).read_bytes(f"runs/{run}/results.json"))
-    return results["methods"]["mode"]["accuracy"][-1]
+    results = json.loads(Store(store).read_bytes(f"runs/{run}/results.json"))["methods"]["mode"]
+    records = [Ledger.open(Store(store), run).record("mode", r) for r in range(len(results["accuracy_matrix"]))]
+    return (results["accuracy_matrix"][-1], [rec.metrics["loss"] for rec in records],
+            sum(rec.metrics["train_seconds"] for rec in records))
 
 
 @pytest.mark.slow
 def test_a_short_digits_sequence_in_bf16_scores_as_fp32(fresh_digits_store):
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
-    accs = {}
+    scores = {}
     for precision in ("fp32", "bf16"):
         run = f"prec-{precision}"
         proc = subprocess.run(
             [sys.executable, os.path.join(ROOT, "jobs", "sequence.py"), "--store", fresh_digits_store, "--quick",
-             "--tasks", "parity,compare", "--method", "mode", "--steps", "24", "--precision", precision,
-             "--gradient-checkpointing", "1" if precision == "bf16" else "0", "--run", run],
+             "--suite", "digits", "--tasks", "parity,compare", "--method", "mode", "--steps", "24",
+             "--precision", precision, "--gradient-checkpointing", "1" if precision == "bf16" else "0", "--run", run],
             capture_output=True, text=True, cwd=ROOT, env=env, timeout=900)
         assert proc.returncode == 0, proc.stderr[-3000:]
-        accs[precision] = _accuracies(fresh_digits_store, run)
-    print(f"final accuracies: fp32 {accs['fp32']}, bf16 {accs['bf16']}")
-    assert len(accs["bf16"]) == 2
-    assert all(abs(a - b) <= 0.1 for a, b in zip(accs["bf16"], accs["fp32"])), accs
+        scores[precision] = _final_scores(fresh_digits_store, run)
+    print(f"final accuracies, round losses, train seconds: fp32 {scores['fp32']}, bf16 {scores['bf16']}")
+    (acc32, loss32, _), (acc16, loss16, _) = scores["fp32"], scores["bf16"]
+    assert len(acc16) == 2 and all(abs(a - b) <= 0.1 for a, b in zip(acc16, acc32)), scores
+    assert len(loss16) == len(loss32) == 2
+    assert all(abs(a - b) <= 0.05 * b for a, b in zip(loss16, loss32)), scores
