@@ -205,6 +205,22 @@ def test_half_precision_inputs_are_computed_in_float32(dtype: torch.dtype) -> No
     torch.testing.assert_close(grad.float(), grad_upcast.to(dtype).float(), rtol=0, atol=0)
 
 
+def test_under_bf16_autocast_the_loss_stays_float32() -> None:
+    """The training step runs the method's forward and ``kd_loss`` inside CPU bfloat16 autocast
+    (``--precision bf16``): nothing after the gather is done in bfloat16."""
+    g = torch.Generator().manual_seed(17)
+    student = (torch.randn(2, 6, 40, generator=g) * 3).bfloat16().requires_grad_(True)
+    targets = teacher_targets_from_logits(torch.randn(2, 6, 40, generator=g) * 3, 8)
+    mask = torch.ones(2, 6, dtype=torch.bool)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = kd_loss(student, targets, mask)
+    assert loss.dtype == torch.float32
+    plain = kd_loss(student.detach().float(), targets, mask)
+    torch.testing.assert_close(loss.detach(), plain, rtol=1e-6, atol=1e-7)
+    loss.backward()
+    assert student.grad is not None and student.grad.dtype == torch.bfloat16
+
+
 class _LargestFloat32(TorchDispatchMode):
     """Records the largest float32 tensor any op produces."""
 
