@@ -216,13 +216,13 @@ def guarded(errors: dict, name: str, fn: Callable[[], Any]) -> Any:
 # ------------------------------------------------------------------------------ part 1: the layer
 
 
-def layer_check(shapes: Shapes, device: str, iters: int) -> dict:
+def layer_check(shapes: Shapes, device: str, iters: int, warmup: int) -> dict:
     """The MoDE layer benchmark at ``shapes``' projection size in bfloat16."""
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import mode_layer
 
     d_in, d_out, _ = mode_layer.SIZES[shapes.layer_size]
-    result = mode_layer.measure(d_in, d_out, shapes.layer_tokens, iters=iters, warmup=2, device=device,
+    result = mode_layer.measure(d_in, d_out, shapes.layer_tokens, iters=iters, warmup=warmup, device=device,
                                 dtype="bfloat16")
     result["size"] = shapes.layer_size
     mode_layer.print_table(result)
@@ -469,7 +469,7 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--dry-run", action="store_true", help="run every part on the CPU at tiny shapes")
     p.add_argument("--steps", type=int, default=None, help="steps per task of each sequence (default 16; 2 dry)")
     p.add_argument("--direct-steps", type=int, default=None, help="in-process steps per teacher mode (default 10; 3 dry)")
-    p.add_argument("--layer-iters", type=int, default=None, help="timed calls per layer form (default 10; 2 dry)")
+    p.add_argument("--layer-iters", type=int, default=None, help="timed calls per layer form (default 10; 1 dry)")
     p.add_argument("--budget-s", type=float, default=450.0,
                    help="the whole check's time: a sequence run that would end later is skipped (said in errors)")
     p.add_argument("--skip-sequence", action="store_true", help="parts 1 and 2 only")
@@ -482,6 +482,8 @@ def run_checks(args: argparse.Namespace, t_start: float) -> dict:
     import torch
 
     dry = args.dry_run
+    if dry:
+        torch.set_num_threads(1)  # tiny shapes: more threads only contend on a shared machine
     shapes = TINY if dry else ANOLE_7B
     device = torch.device("cpu" if dry else "cuda")
     steps = args.steps or (2 if dry else 16)
@@ -494,7 +496,8 @@ def run_checks(args: argparse.Namespace, t_start: float) -> dict:
     result["phase_s"] = phases
     with phase(phases, "layer"):
         result["layer"] = guarded(errors, "layer",
-                                  lambda: layer_check(shapes, device.type, args.layer_iters or (2 if dry else 10)))
+                                  lambda: layer_check(shapes, device.type, args.layer_iters or (1 if dry else 10),
+                                                      warmup=1 if dry else 3))
     workdir = tempfile.mkdtemp(prefix="device_check_", dir=args.workdir)
     store_url = f"file://{workdir}/store"
     try:
