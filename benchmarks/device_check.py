@@ -51,6 +51,10 @@ NO_GPU_EXIT = 2
 BOS, EOS, SEP, BOI, EOI = 0, 2, 8710, 8197, 8196
 TEXT_IDS = (9000, 60000)  # [lo, hi): text ids, above the image codes 4..8195 and the markers
 IMAGE_CODES = (4, 8196)
+#: Seconds the cached sequence run is expected to take beyond the online one (the cache build).
+CACHE_BUILD_ALLOWANCE_S = 60.0
+#: Seconds past ``--budget-s`` after which the check prints what it has and stops.
+HARD_LIMIT_MARGIN_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -216,11 +220,22 @@ def guarded(errors: dict, name: str, fn: Callable[[], Any]) -> Any:
 # ------------------------------------------------------------------------------ part 1: the layer
 
 
+def sibling_module(name: str) -> Any:
+    """The module ``benchmarks/<name>.py``, loaded from its file (``benchmarks`` is no package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                                     f"{name}.py"))
+    if spec is None or spec.loader is None:
+        raise ImportError(f"benchmarks/{name}.py cannot be loaded")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def layer_check(shapes: Shapes, device: str, iters: int, warmup: int) -> dict:
     """The MoDE layer benchmark at ``shapes``' projection size in bfloat16."""
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import mode_layer
-
+    mode_layer = sibling_module("mode_layer")
     d_in, d_out, _ = mode_layer.SIZES[shapes.layer_size]
     result = mode_layer.measure(d_in, d_out, shapes.layer_tokens, iters=iters, warmup=warmup, device=device,
                                 dtype="bfloat16")
@@ -293,7 +308,7 @@ def timed_steps(model: Any, method: Any, teacher: Any, shapes: Shapes, device: A
             "first_loss": round(losses[0], 4), "last_loss": round(losses[-1], 4)}
 
 
-def direct_check(model: Any, shapes: Shapes, device: Any, steps: int) -> dict:
+def direct_check(model: Any, shapes: Shapes, device: Any, steps: int, errors: dict) -> dict:
     """Both teacher modes on the PEFT ``model`` in this process, each with its memory estimate."""
     from cl_platform.methods import MethodConfig, get_method
     from cl_platform.methods.teacher import CachedTeacher, OnlineTeacher
@@ -307,7 +322,6 @@ def direct_check(model: Any, shapes: Shapes, device: Any, steps: int) -> dict:
     method.before_task(peft, "task-a")
     out: dict[str, Any] = {}
     online = timed_steps(peft, method, OnlineTeacher(mc.kd_top_k), shapes, device, steps, warmup=2)
-    errors: dict[str, str] = {}
     out["online"] = {**online, **(guarded(errors, "estimate_online", lambda: estimate(peft.config, shapes, "online")) or {})}
     synchronize(device)
     t0 = time.perf_counter()
@@ -322,8 +336,6 @@ def direct_check(model: Any, shapes: Shapes, device: Any, steps: int) -> dict:
     for mode in ("online", "cached"):
         m, e = out[mode].get("peak_allocated_gib"), out[mode].get("estimate_gib")
         out[mode]["measured_over_estimate"] = round(m / e, 3) if m and e else None
-    if errors:
-        out["errors"] = errors
     return out
 
 
@@ -434,16 +446,20 @@ def sequence_run(store_url: str, data: dict, shapes: Shapes, teacher_mode: str, 
             "cache_build_s": float(built.group(2)) if built else None}
 
 
-def sequence_check(store_url: str, shapes: Shapes, steps: int, gpus: int, deadline: float, errors: dict) -> dict:
-    """Both teacher modes end to end on one local Ray. A run is skipped when it would end after
-    ``deadline``: the cached run is expected to take 1.5 x the online run (it also builds the cache)."""
+def sequence_check(out: dict, store_url: str, shapes: Shapes, steps: int, gpus: int, deadline: float,
+                   errors: dict) -> None:
+    """Both teacher modes end to end on one local Ray, each run's figures into ``out`` as it ends. A
+    run is skipped when it would end after ``deadline``: the cached run is expected to take the
+    online run's time plus :data:`CACHE_BUILD_ALLOWANCE_S` (its actor loads the base and builds the cache)."""
     import ray
 
     from cl_platform.train.resources import init_ray
 
+    if time.time() > deadline:
+        errors["sequence"] = "skipped: no time left of --budget-s"
+        return
     data = write_store(store_url, shapes)
     started = init_ray(None)
-    out: dict[str, Any] = {}
     expected = 0.0
     try:
         for mode in ("online", "cached"):
@@ -454,11 +470,10 @@ def sequence_check(store_url: str, shapes: Shapes, steps: int, gpus: int, deadli
             t0 = time.time()
             out[mode] = guarded(errors, f"sequence_{mode}",
                                 lambda: sequence_run(store_url, data, shapes, mode, steps, gpus))
-            expected = 1.5 * (time.time() - t0)
+            expected = time.time() - t0 + CACHE_BUILD_ALLOWANCE_S
     finally:
         if started:
             ray.shutdown()
-    return out
 
 
 # ------------------------------------------------------------------------------ main
@@ -471,14 +486,16 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--direct-steps", type=int, default=None, help="in-process steps per teacher mode (default 10; 3 dry)")
     p.add_argument("--layer-iters", type=int, default=None, help="timed calls per layer form (default 10; 1 dry)")
     p.add_argument("--budget-s", type=float, default=450.0,
-                   help="the whole check's time: a sequence run that would end later is skipped (said in errors)")
+                   help="the whole check's time: a sequence run that would end later is skipped (said in errors); "
+                        f"{HARD_LIMIT_MARGIN_S:.0f}s later the check prints what it has and stops")
     p.add_argument("--skip-sequence", action="store_true", help="parts 1 and 2 only")
     p.add_argument("--workdir", default=None, help="where the temporary store goes (default: a temporary directory)")
     return p.parse_args(argv)
 
 
-def run_checks(args: argparse.Namespace, t_start: float) -> dict:
-    """Every part, each guarded: the result dict of the JSON line."""
+def run_checks(args: argparse.Namespace, t_start: float, result: dict, temp_dirs: list[str]) -> None:
+    """Every part, each guarded, filling ``result`` (the JSON line's) as it goes; its temporary
+    directory is listed in ``temp_dirs`` while it exists."""
     import torch
 
     dry = args.dry_run
@@ -487,11 +504,10 @@ def run_checks(args: argparse.Namespace, t_start: float) -> dict:
     shapes = TINY if dry else ANOLE_7B
     device = torch.device("cpu" if dry else "cuda")
     steps = args.steps or (2 if dry else 16)
-    errors: dict[str, str] = {}
-    result: dict[str, Any] = {"check": "device", "dry_run": dry,
-                              "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                              "shapes": {**asdict(shapes), "kd_len": shapes.kd_len}, "precision": "bf16",
-                              "gradient_checkpointing": 1}
+    errors: dict[str, str] = result["errors"]
+    result.update({"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                   "shapes": {**asdict(shapes), "kd_len": shapes.kd_len}, "precision": "bf16",
+                   "gradient_checkpointing": 1})
     phases: dict[str, float] = {}
     result["phase_s"] = phases
     with phase(phases, "layer"):
@@ -499,6 +515,7 @@ def run_checks(args: argparse.Namespace, t_start: float) -> dict:
                                   lambda: layer_check(shapes, device.type, args.layer_iters or (1 if dry else 10),
                                                       warmup=1 if dry else 3))
     workdir = tempfile.mkdtemp(prefix="device_check_", dir=args.workdir)
+    temp_dirs.append(workdir)
     store_url = f"file://{workdir}/store"
     try:
         with phase(phases, "model_build"):
@@ -510,18 +527,17 @@ def run_checks(args: argparse.Namespace, t_start: float) -> dict:
             model.save_pretrained(os.path.join(workdir, "store", "models", "base"))
         with phase(phases, "direct"):
             result["direct"] = guarded(errors, "direct", lambda: direct_check(
-                model, shapes, device, args.direct_steps or (3 if dry else 10)))
+                model, shapes, device, args.direct_steps or (3 if dry else 10), errors))
         del model
         if device.type == "cuda":
             torch.cuda.empty_cache()
         if not args.skip_sequence:
+            result["sequence"] = {}
             with phase(phases, "sequence"):
-                result["sequence"] = sequence_check(store_url, shapes, steps, 0 if dry else 1,
-                                                    t_start + args.budget_s, errors)
+                sequence_check(result["sequence"], store_url, shapes, steps, 0 if dry else 1,
+                               t_start + args.budget_s, errors)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    result["errors"] = errors
-    return result
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -536,16 +552,36 @@ def main(argv: Optional[list[str]] = None) -> int:
             return NO_GPU_EXIT
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.pop("RAY_ADDRESS", None)  # a local Ray on this machine, never a cluster's
-    result: dict[str, Any] = {"check": "device", "dry_run": args.dry_run}
+    result: dict[str, Any] = {"check": "device", "dry_run": args.dry_run, "errors": {}}
+    temp_dirs: list[str] = []
+    watchdog = threading.Timer(args.budget_s + HARD_LIMIT_MARGIN_S, hard_stop, (result, t_start, temp_dirs))
+    watchdog.daemon = True
+    watchdog.start()
     try:
-        result = run_checks(args, t_start)
+        run_checks(args, t_start, result, temp_dirs)
     except Exception as exc:
         traceback.print_exc()
-        result.setdefault("errors", {})["check"] = f"{type(exc).__name__}: {exc}"[:2000]
+        result["errors"]["check"] = f"{type(exc).__name__}: {exc}"[:2000]
+    watchdog.cancel()
+    print_result(result, t_start)
+    return 1 if result["errors"] else 0
+
+
+def print_result(result: dict, t_start: float) -> None:
+    """The JSON line, last on stdout."""
     result["wall_s"] = round(time.time() - t_start, 1)
     sys.stdout.flush()
-    print(json.dumps(result), flush=True)
-    return 1 if result.get("errors") else 0
+    print(json.dumps(result, default=str), flush=True)
+
+
+def hard_stop(result: dict, t_start: float, temp_dirs: list[str]) -> None:
+    """Past the hard limit: print what was measured so far, remove the temporary store and end the
+    process (a hung part cannot be interrupted from here)."""
+    result["errors"]["check"] = f"stopped after {time.time() - t_start:.0f}s: --budget-s plus {HARD_LIMIT_MARGIN_S:.0f}s"
+    print_result(result, t_start)
+    for path in temp_dirs:
+        shutil.rmtree(path, ignore_errors=True)
+    os._exit(1)
 
 
 if __name__ == "__main__":
