@@ -28,8 +28,9 @@ dtype's bytes: 4 in fp32, 2 in bf16):
   moments: the task cross-entropy (:data:`TASK_LOGITS_BYTES` per task token and id), or the KD
   batch (the task's float32 log-softmax kept for the backward plus :data:`KD_LOGITS_COPIES`
   KD-batch logits in the compute dtype, plus with ``teacher_mode="online"`` the teacher's logits
-  of the KD batch, whose forward runs with the student's task graph alive). At Anole's
-  vocabulary of 65,536 this part dominates short rows;
+  of the KD batch, counted as if its forward ran with the student's graphs alive: an upper
+  bound, the recipe runs the teacher before the step's forwards). At Anole's vocabulary of
+  65,536 this part dominates short rows;
 - ``kd_targets``: the teacher's top-K ids and log-probs of the KD batch as cached (int32 +
   float16) plus what ``kd_loss`` keeps (the int64 gather index and the float32 ``[N, K]``
   intermediates): ``KD_TARGET_BYTES_PER_K`` bytes per position and K;
