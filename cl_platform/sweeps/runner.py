@@ -414,6 +414,7 @@ def run_sweep(
                                     k=mc.kd_top_k, temperature=mc.kd_temperature,
                                     mode=spec.fixed.get("teacher_mode", "auto"),
                                     limit_gb=float(spec.fixed.get("teacher_cache_limit_gb", 4.0)),
+                                    precision=spec.fixed.get("precision", "fp32"),
                                     log=lambda m: log(f"[sweep] {m}"))
         plan = build_plan(spec, inputs, cache)
 

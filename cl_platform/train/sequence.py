@@ -36,14 +36,16 @@ def model_identity(store: Store, model_uri: str) -> str:
 
 def prepare_teacher(store: Store, spec: ModalitySpec, *, model_uri: str, kd_stream: str, k: int, temperature: float,
                     mode: str = "auto", limit_gb: float = 4.0, actors: int = 1, gpus_per_actor: float = 0.0,
-                    cpus_per_actor: float = 1.0, log: Callable[[str], None] = print) -> Optional[str]:
+                    cpus_per_actor: float = 1.0, precision: str = "fp32",
+                    log: Callable[[str], None] = print) -> Optional[str]:
     """The KD teacher of a run: the store prefix of its cache (built by a Ray Data job over
     ``actors`` actors if absent: :func:`cl_platform.train.teacher_build.build_teacher_cache`), or
     ``None`` for the online teacher (the workers run the frozen base themselves).
 
     ``mode`` ``auto`` estimates the cache from the KD stream's size and ``k`` and caches only when
     it fits ``limit_gb`` (:func:`cl_platform.methods.teacher.choose_teacher_mode`); the choice and
-    its reason are logged. Needs Ray running.
+    its reason are logged. ``precision`` is the run's: a ``bf16`` run's cache comes from the base in
+    bfloat16 (and is a cache of its own). Needs Ray running.
     """
     import pyarrow.compute as pc
 
@@ -61,13 +63,15 @@ def prepare_teacher(store: Store, spec: ModalitySpec, *, model_uri: str, kd_stre
         return None
     manifest = store.read_json(f"streams/{kd_stream}/manifest.json")
     stream_id = f"{kd_stream}:" + hashlib.sha256(json.dumps(manifest.get("files", {}), sort_keys=True).encode()).hexdigest()
-    key = cache_key(model_identity(store, model_uri), stream_id, k, temperature)
+    base_id = model_identity(store, model_uri) + ("" if precision == "fp32" else f"@{precision}")
+    key = cache_key(base_id, stream_id, k, temperature)
     prefix = f"cache/teacher/{key}"
     if store.exists(f"{prefix}/{SHARD_INDEX}"):
         log(f"teacher cache: reusing {store.uri(prefix)}")
         return prefix
     build_teacher_cache(store, model_uri, tokens, prefix=prefix, pad_id=spec.pad_id, k=k, temperature=temperature,
-                        key=key, actors=actors, gpus_per_actor=gpus_per_actor, cpus_per_actor=cpus_per_actor, log=log)
+                        key=key, actors=actors, gpus_per_actor=gpus_per_actor, cpus_per_actor=cpus_per_actor,
+                        precision=precision, log=log)
     return prefix
 
 
@@ -77,7 +81,7 @@ def teacher_of(store: Store, cfg: SequenceConfig, spec: ModalitySpec, *, log: Ca
     return prepare_teacher(store, spec, model_uri=cfg.model_uri, kd_stream=cfg.kd_stream, k=mc.kd_top_k,
                            temperature=mc.kd_temperature, mode=cfg.teacher_mode, limit_gb=cfg.teacher_cache_limit_gb,
                            actors=cfg.num_workers, gpus_per_actor=float(cfg.gpus_per_worker or 0.0),
-                           cpus_per_actor=cfg.cpus_per_worker, log=log)
+                           cpus_per_actor=cfg.cpus_per_worker, precision=cfg.precision, log=log)
 
 
 def validate_tasks(store: Store, tasks: Sequence[str], spec: ModalitySpec) -> None:

@@ -25,14 +25,15 @@ class TeacherActor:
     """Loads the frozen base once and turns batches of stream rows into stored shards."""
 
     def __init__(self, store_url: str, model_uri: str, prefix: str, pad_id: int, k: int, temperature: float, key: str,
-                 batch_size: int) -> None:
+                 batch_size: int, precision: str = "fp32") -> None:
         import torch
 
         from cl_platform.models.chameleon import load_model
 
         self.store = Store(store_url)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model = load_model(model_uri).to(self.device).eval()
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32  # as the run's frozen base
+        self.model = load_model(model_uri, dtype=dtype).to(self.device).eval()
         self.prefix, self.pad_id, self.k, self.temperature, self.key = prefix, pad_id, k, temperature, key
         self.batch_size = batch_size
 
@@ -51,12 +52,14 @@ class TeacherActor:
 def build_teacher_cache(store: Store, model_uri: str, tokens: pa.ChunkedArray | pa.Array, *, prefix: str, pad_id: int,
                         k: int, temperature: float, key: str, actors: int = 1, gpus_per_actor: float = 0.0,
                         cpus_per_actor: float = 1.0, rows_per_shard: int = 256, batch_size: int = 8,
-                        log: Callable[[str], None] = print) -> ShardedTeacherCache:
+                        precision: str = "fp32", log: Callable[[str], None] = print) -> ShardedTeacherCache:
     """Compute the cache of the stream ``tokens`` (its rows in stream order) under ``prefix``.
 
     Needs a running Ray (the caller's). ``actors`` actors with ``gpus_per_actor`` GPUs and
     ``cpus_per_actor`` CPUs each; ``rows_per_shard`` rows per shard (one ``map_batches`` batch);
-    ``batch_size`` rows per forward pass inside an actor.
+    ``batch_size`` rows per forward pass inside an actor; ``precision`` ``bf16`` loads the teacher in
+    bfloat16, as the run's frozen base. The stream is cut into one block per shard, so the actors
+    share the shards.
     """
     import ray.data
 
@@ -65,11 +68,13 @@ def build_teacher_cache(store: Store, model_uri: str, tokens: pa.ChunkedArray | 
     n = len(tokens)
     table = pa.table({"tokens": tokens, "row_id": pa.array(np.arange(n, dtype=np.int64))})
     t0 = time.time()
-    ds = ray.data.from_arrow(table).map_batches(
+    blocks = [table.slice(start, rows_per_shard) for start in range(0, n, rows_per_shard)]
+    ds = ray.data.from_arrow(blocks).map_batches(
         TeacherActor, batch_size=rows_per_shard, batch_format="pyarrow", concurrency=actors,
         num_gpus=gpus_per_actor or None, num_cpus=cpus_per_actor,
         fn_constructor_kwargs={"store_url": store.url, "model_uri": model_uri, "prefix": prefix, "pad_id": pad_id,
-                               "k": k, "temperature": temperature, "key": key, "batch_size": batch_size},
+                               "k": k, "temperature": temperature, "key": key, "batch_size": batch_size,
+                               "precision": precision},
     )
     shards = ds.take_all()
     index = write_sharded_index(store, prefix, [{"file": s["file"], "row_ids": [int(r) for r in s["row_ids"]],
