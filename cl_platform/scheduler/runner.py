@@ -25,6 +25,7 @@ import shlex
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from typing import Any, Optional, Protocol
 
@@ -289,16 +290,26 @@ class RayJobRunner:
         env["env_vars"] = public_env_vars(env_vars)
         return {"working_dir": self.working_dir, **env} if self.working_dir else env
 
+    #: Pauses between submissions the head answers "try again later" (a head whose job agent is
+    #: still starting, or busy): seconds before each retry.
+    SUBMIT_RETRY_SECONDS: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 15.0)
+
     def submit(self, inflight: InFlightRound, args: list[str], store_url: str) -> dict[str, Any]:
         entrypoint = shlex.join([*round_command("python", self.job_script), *args])
-        try:
-            self.client.submit_job(
-                entrypoint=entrypoint, submission_id=inflight.submission_id, runtime_env=self._runtime_env(store_url),
-                metadata={"cl_lineage_task": inflight.task, "cl_run": inflight.run, "cl_attempt": str(inflight.attempt)},
-            )
-        except Exception as exc:  # an earlier scheduler submitted this very attempt: follow it, do not resubmit
-            if "already exists" not in str(exc):
-                raise
+        for pause in (*self.SUBMIT_RETRY_SECONDS, None):
+            try:
+                self.client.submit_job(
+                    entrypoint=entrypoint, submission_id=inflight.submission_id, runtime_env=self._runtime_env(store_url),
+                    metadata={"cl_lineage_task": inflight.task, "cl_run": inflight.run, "cl_attempt": str(inflight.attempt)},
+                )
+            except Exception as exc:
+                if "already exists" in str(exc):  # an earlier scheduler submitted this very attempt: follow it
+                    break
+                if pause is None or "try again later" not in str(exc):
+                    raise
+                time.sleep(pause)  # the head cannot take the job yet; the submission id keeps it idempotent
+                continue
+            break
         return {"host": socket.gethostname()}
 
     def status(self, inflight: InFlightRound) -> JobStatus:

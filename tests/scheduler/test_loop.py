@@ -302,3 +302,28 @@ def test_a_scheduler_whose_lease_is_taken_over_stops_and_the_new_holder_reattach
     assert file_harness.trained("lin-1-t") == ["1"]
     assert [t["task"] for t in state_json(store)["learned"]] == ["t"]
 
+
+
+def test_a_head_that_asks_to_try_again_later_gets_the_round_again(file_harness, monkeypatch):
+    """A Ray head whose job agent is still starting answers 500 "try again later": the submission
+    is retried under the same id instead of failing the scheduler."""
+    client = FakeJobClient()
+    real, refusals = client.submit_job, []
+
+    def flaky(**kwargs):
+        if len(refusals) < 2:
+            refusals.append(kwargs["submission_id"])
+            raise RuntimeError("Request failed with status code 500: No available agent to submit job, please try again later..")
+        return real(**kwargs)
+
+    client.submit_job = flaky
+    monkeypatch.setattr(RayJobRunner, "SUBMIT_RETRY_SECONDS", (0.01, 0.01, 0.01))
+    inf = _in_flight(file_harness, "t", runner="ray-job")
+    small_task(file_harness.store, "t")
+    runner = RayJobRunner("http://x:8265", job_script=FAKE_JOB, client=client)
+    args = round_args(file_harness.settings, file_harness.store.url, task="t", run=inf.run, from_run=None)
+    assert runner.submit(inf, args, file_harness.store.url)["host"]
+    assert refusals == [inf.submission_id] * 2 and client.submits == 1
+    client.submit_job = lambda **kw: (_ for _ in ()).throw(RuntimeError("500: please try again later"))
+    with pytest.raises(RuntimeError, match="try again later"):  # not forever
+        runner.submit(inf, args, file_harness.store.url)
