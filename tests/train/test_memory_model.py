@@ -41,14 +41,14 @@ def _check(size: str, precision: str, checkpointing: bool, runtime: dict[str, in
     assert abs(ratio - 1) <= TOLERANCE, (ratio, estimate.table())
 
 
-@pytest.mark.parametrize("size, checkpointing", [("0.8M", False), ("0.8M", True), ("7M", False)])
+@pytest.mark.parametrize("size, checkpointing", [("0.8M", False)])
 def test_estimate_matches_the_measured_peak(size, checkpointing, runtime):
     _check(size, "fp32", checkpointing, runtime)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("size, precision, checkpointing", [
-    ("7M", "fp32", True), ("59M", "fp32", False), ("59M", "fp32", True), ("59M", "bf16", False), ("59M", "bf16", True),
+    ("7M", "fp32", True), ("59M", "fp32", False), ("59M", "bf16", True),
 ])
 def test_estimate_matches_the_measured_peak_slow_cases(size, precision, checkpointing, runtime):
     _check(size, precision, checkpointing, runtime)

@@ -10,9 +10,6 @@ operations, so its gradients match within 1e-5.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -24,7 +21,6 @@ from cl_platform.models.tiny import build_tiny_model
 from cl_platform.train.recipe import base_dtype, build_model, step_loss, train_step
 
 SPEC = ModalitySpec(spec_id="t", vocab_size=96, image_code_range=(40, 90), boi_id=90, eoi_id=91, pad_id=0, sep_id=3)
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 #: The documented tolerances (module docstring).
 LOSS_RTOL = 0.02
@@ -134,18 +130,26 @@ def _final_scores(store: str, run: str) -> tuple[list[float], list[float], float
 
 
 @pytest.mark.slow
-def test_a_short_digits_sequence_in_bf16_scores_as_fp32(fresh_digits_store):
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+def test_a_short_digits_sequence_in_bf16_scores_as_fp32(fresh_digits_store, monkeypatch):
+    from cl_platform.cli.sequence import main
+    from cl_platform.train.resources import init_ray
+
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
     scores = {}
-    for precision in ("fp32", "bf16"):
-        run = f"prec-{precision}"
-        proc = subprocess.run(
-            [sys.executable, os.path.join(ROOT, "jobs", "sequence.py"), "--store", fresh_digits_store, "--quick",
-             "--suite", "digits", "--tasks", "parity,compare", "--method", "mode", "--steps", "24",
-             "--precision", precision, "--gradient-checkpointing", "1" if precision == "bf16" else "0", "--run", run],
-            capture_output=True, text=True, cwd=ROOT, env=env, timeout=900)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        scores[precision] = _final_scores(fresh_digits_store, run)
+    assert init_ray(None)  # one local Ray for both runs (each run leaves a Ray it did not start running)
+    try:
+        for precision in ("fp32", "bf16"):
+            run = f"prec-{precision}"
+            code = main(["--store", fresh_digits_store, "--quick", "--suite", "digits", "--tasks", "parity,compare",
+                         "--method", "mode", "--steps", "24", "--precision", precision,
+                         "--gradient-checkpointing", "1" if precision == "bf16" else "0", "--run", run])
+            assert code == 0
+            scores[precision] = _final_scores(fresh_digits_store, run)
+    finally:
+        import ray
+
+        ray.shutdown()
     print(f"final accuracies, round losses, train seconds: fp32 {scores['fp32']}, bf16 {scores['bf16']}")
     (acc32, loss32, _), (acc16, loss16, _) = scores["fp32"], scores["bf16"]
     assert len(acc16) == 2 and all(abs(a - b) <= 0.1 for a, b in zip(acc16, acc32)), scores
