@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--run", default=None, help="run name (default: <suite or tasks>-<methods>-<seed>)")
     run.add_argument("--resume", action="store_true", help="continue an interrupted run from its ledger")
     run.add_argument("--from-run", default=None, help="start from another run's final checkpoint (same methods)")
+    run.add_argument("--verbose", action="store_true",
+                     help="also Ray's routine lines (each training report, checkpoint and dataset execution)")
     return p
 
 
@@ -130,7 +132,8 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
                          **training)
     from cl_platform.train.sequence import run_sequence
 
-    run_sequence(cfg, methods, resume=args.resume, from_run=args.from_run, ray_address=args.ray_address)
+    run_sequence(cfg, methods, resume=args.resume, from_run=args.from_run, ray_address=args.ray_address,
+                 verbose=args.verbose)
     return 0
 
 

@@ -410,6 +410,11 @@ def run_sweep(
         if get_method(spec.method).needs_teacher and inputs.kd_stream:
             mc = MethodConfig(**{**MethodConfig().to_dict(), **{k: v for k, v in spec.fixed.items()
                                                                 if k in ("kd_top_k", "kd_temperature")}})
+            from cl_platform.data.pipeline import configure_data_context
+            from cl_platform.train.ray_logging import set_routine_logging
+
+            configure_data_context()  # the cache build is a Ray Data job on this driver
+            set_routine_logging(False)
             cache = prepare_teacher(st, inputs.spec, model_uri=inputs.model_uri, kd_stream=inputs.kd_stream,
                                     k=mc.kd_top_k, temperature=mc.kd_temperature,
                                     mode=spec.fixed.get("teacher_mode", "auto"),

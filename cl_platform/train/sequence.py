@@ -97,14 +97,14 @@ def validate_tasks(store: Store, tasks: Sequence[str], spec: ModalitySpec) -> No
 
 
 def fit_method(cfg: SequenceConfig, store: Store, *, callbacks: Optional[list] = None,
-               log: Callable[[str], None] = print) -> None:
+               log: Callable[[str], None] = print, verbose: bool = False) -> None:
     """One ``TorchTrainer.fit`` that walks every round of ``cfg.tasks`` with ``cfg.method``.
 
     Every round end reports ``method``, ``round``, ``task``, ``avg_accuracy`` (over the tasks
     trained so far), ``generation_score`` and ``generation_drop``; ``callbacks`` (e.g. Tune's
     ``TuneReportCallback``) receive those reports.
     """
-    fit_methods([cfg], store, callbacks=callbacks, log=log)
+    fit_methods([cfg], store, callbacks=callbacks, log=log, verbose=verbose)
 
 
 def ray_run_name(methods: Sequence[str]) -> str:
@@ -113,22 +113,26 @@ def ray_run_name(methods: Sequence[str]) -> str:
 
 
 def fit_methods(cfgs: Sequence[SequenceConfig], store: Store, *, callbacks: Optional[list] = None,
-                log: Callable[[str], None] = print) -> None:
+                log: Callable[[str], None] = print, verbose: bool = False) -> None:
     """One ``TorchTrainer.fit`` whose loop trains each config's method in turn through every round.
 
     The configs differ only in ``method``, ``method_config`` and ``from_checkpoint``. The fit
     starts once and reads each task split once per worker for all of them (see
-    :mod:`cl_platform.train.shards`), so several methods cost one fit's set-up.
+    :mod:`cl_platform.train.shards`), so several methods cost one fit's set-up. Ray's routine
+    per-report, per-checkpoint and per-dataset lines only with ``verbose``
+    (:mod:`cl_platform.train.ray_logging`).
     """
     import ray.train
     from ray.train.torch import TorchTrainer
 
     from cl_platform.data.pipeline import configure_data_context, stream_dataset, train_dataset
+    from cl_platform.train.ray_logging import set_routine_logging, train_logging_config
 
     if not cfgs:
         raise ValueError("fit_methods needs at least one method config")
     cfg = cfgs[0]
     configure_data_context()
+    set_routine_logging(verbose)
     spec = ModalitySpec.from_dict(cfg.spec)
     ranges = [list(r) for r in spec.image_token_ranges]
     datasets = {f"task_{i}": train_dataset(store, t, ranges) for i, t in enumerate(cfg.tasks)}
@@ -145,7 +149,7 @@ def fit_methods(cfgs: Sequence[SequenceConfig], store: Store, *, callbacks: Opti
 
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"methods": [c.to_dict() for c in cfgs], "rows": rows},
+        train_loop_config={"methods": [c.to_dict() for c in cfgs], "rows": rows, "verbose": bool(verbose)},
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.num_workers, use_gpu=cfg.gpus_per_worker > 0,
             resources_per_worker={"CPU": cfg.cpus_per_worker, **({"GPU": cfg.gpus_per_worker} if cfg.gpus_per_worker else {})},
@@ -154,7 +158,7 @@ def fit_methods(cfgs: Sequence[SequenceConfig], store: Store, *, callbacks: Opti
             name=ray_run_name([c.method for c in cfgs]), storage_path=storage, storage_filesystem=fs,
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            callbacks=callbacks,
+            callbacks=callbacks, logging_config=train_logging_config(verbose),
         ),
         datasets=datasets,
         # One worker needs no split: it reads each dataset itself instead of through a
@@ -222,8 +226,11 @@ def run_sequence(
     from_run: Optional[str] = None,
     ray_address: Optional[str] = None,
     log: Callable[[str], None] = print,
+    verbose: bool = False,
 ) -> dict[str, Any]:
     """Train every method through ``base_cfg.tasks`` and return the results dict (also stored).
+
+    ``verbose`` keeps Ray's routine per-report, per-checkpoint and per-dataset lines on the terminal.
 
     ``resume`` continues an interrupted run from its ledger (finished rounds are not redone);
     ``from_run`` starts every method from that run's final adapter of the same method.
@@ -257,6 +264,11 @@ def run_sequence(
                                        methods=list(methods), resume=resume, from_run=from_run)
         cache_path = None
         if any(get_method(m).needs_teacher for m in methods) and base_cfg.kd_stream:
+            from cl_platform.data.pipeline import configure_data_context
+            from cl_platform.train.ray_logging import set_routine_logging
+
+            configure_data_context()  # the cache build is a Ray Data job on this driver
+            set_routine_logging(verbose)
             cache_path = teacher_of(store, base_cfg, spec, log=log)
         todo = []
         for m in methods:
@@ -272,7 +284,7 @@ def run_sequence(
         fit_s = 0.0
         if todo:
             t0 = time.time()
-            fit_methods(todo, store, log=log)
+            fit_methods(todo, store, log=log, verbose=verbose)
             fit_s = time.time() - t0
         # where the time went, for benchmarks/sequence_timing.py (Ray start and the fit; the rest is
         # the driver's own work: checks, teacher cache, report)

@@ -115,6 +115,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point: every method of ``config["methods"]`` in turn, each through every round."""
     import ray.train
 
+    from cl_platform.train.ray_logging import set_routine_logging
+
+    set_routine_logging(bool(config.get("verbose")))  # after Ray Train configured this process's logging
     cfgs = fit_configs(config)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()

@@ -44,6 +44,11 @@ def _check_results(store: Store, run: str, method: str, tasks: list[str]) -> Non
     assert store.read_bytes(f"runs/{run}/report/report.md").decode().count(method) >= 1
 
 
+#: Ray's routine lines, printed only with --verbose.
+ROUTINE_RAY_LINES = ("Reporting training result", "Checkpoint successfully created", "Starting execution of Dataset",
+                     "Execution plan of Dataset")
+
+
 @pytest.mark.slow
 def test_quick_sequence_two_workers_two_methods_with_the_store_on_s3(fresh_digits_store, s3_url, moto_s3):
     """A --quick sequence of two methods on the embedded Ray with 2 workers (DDP), the whole run
@@ -70,6 +75,11 @@ def test_quick_sequence_two_workers_two_methods_with_the_store_on_s3(fresh_digit
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
     assert "avg accuracy" in proc.stdout and "generation drop" in proc.stdout
     assert f"results: {s3_url}/runs/{run}/results.json" in proc.stdout
+    # a quiet terminal: the platform's lines, none of Ray's routine ones (no --verbose)
+    out = proc.stdout + proc.stderr
+    routine = [line for line in out.splitlines() if any(w in line for w in ROUTINE_RAY_LINES)]
+    assert routine == [], routine[:5]
+    assert "teacher: " in proc.stdout and "step " in proc.stdout
     for method in methods:
         _check_results(store, run, method, TASKS)
     assert len(store.glob("cache/teacher/*/index.json")) == 1  # computed once, in the bucket
