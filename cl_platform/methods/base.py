@@ -1,9 +1,9 @@
 """The interface every continual-learning method implements.
 
 A method has a name, builds its adapter on a backbone, and may add loss terms to the task's
-cross-entropy. Hooks around each task (``before_task`` / ``after_task``) and a state dict let a
-method with its own state (a replay buffer, EWC importances) plug in without touching the others
-or the training loop.
+cross-entropy. Hooks around each task (``before_task`` / ``after_task``), after each optimizer step
+(``after_step``) and a state dict let a method with its own state (frozen earlier adapters, EWC
+importances) plug in without touching the others or the training loop.
 """
 
 from __future__ import annotations
@@ -98,6 +98,9 @@ class ContinualMethod(ABC):
 
     def before_task(self, model: nn.Module, task: str) -> None:
         """Called before training on ``task`` (e.g. snapshot parameters)."""
+
+    def after_step(self, model: nn.Module) -> None:
+        """Called after every optimizer step (e.g. restore parameters the step must not change)."""
 
     def after_task(self, model: nn.Module, task: str, data: Any = None) -> None:
         """Called after training on ``task`` (e.g. fill a replay buffer, compute importances)."""

@@ -33,6 +33,11 @@ class SequenceConfig:
     model_uri: str = setting(cli=False, help="URI of the base model directory (save_pretrained output)")
     spec: dict = setting(cli=False, help="ModalitySpec.to_dict() of the model's vocabulary")
     method_config: dict = setting(default_factory=dict, cli=False, help="MethodConfig fields")
+    earlier_tasks: Optional[list[str]] = setting(None, cli=False,
+                                       help="tasks learned before this run's first round (the --from-run chain's "
+                                            "task orders, oldest first); round r of this run is round "
+                                            "len(earlier_tasks) + r of its lineage and is seeded as such; "
+                                            "None: none)")
     kd_stream: Optional[str] = setting(None, cli=False, help="name of the image-generation stream used for KD "
                                                              "(methods that need a teacher)")
     teacher_cache: Optional[str] = setting(None, cli=False,
@@ -99,6 +104,10 @@ class SequenceConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "SequenceConfig":
         return cls(**d)
+
+    def lineage_round(self, r: int) -> int:
+        """Index of this run's round ``r`` in its lineage (rounds of the --from-run chain counted first)."""
+        return len(self.earlier_tasks or []) + r
 
     @property
     def method_prefix(self) -> str:

@@ -656,6 +656,14 @@ class Ledger:
         parent = self.from_run
         return (parent.lineage if parent else []) + [self.run]
 
+    def earlier_tasks(self) -> list[str]:
+        """Tasks learned before this run's first round: the task orders of its ancestors
+        (``from_run`` chain), oldest first; empty without a parent."""
+        parent = self.from_run
+        if parent is None:
+            return []
+        return Ledger.open(self.store, parent.run).earlier_tasks() + list(parent.task_order)
+
     def record(self, method: str, round: int) -> RoundRecord | None:
         """A copy of the record of ``round`` for ``method``; ``None`` if it never started."""
         rec = self._find(method, round)

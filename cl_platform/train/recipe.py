@@ -158,7 +158,14 @@ def train_step(model: torch.nn.Module, method: ContinualMethod, ids: torch.Tenso
     if grad_clip > 0:
         torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], grad_clip)
     optimizer.step()
+    method.after_step(model)
     return loss.detach(), {k: v.detach() for k, v in terms.items()}
+
+
+def round_seed(seed: int, lineage_round: int, start_step: int = 0) -> int:
+    """The torch seed (dropout, any sampling) of a round: a function of the run's seed, the round's
+    index in its lineage and the step it starts at only."""
+    return (int(seed) * 1_000_003 + 7919 * int(lineage_round) + int(start_step)) % (2**63 - 1)
 
 
 def _fmt(seconds: float) -> str:
@@ -254,10 +261,9 @@ class SequenceRecipe:
                                                 self.log)
             self.state.base_accuracy, self.state.generation = list(accs), [gen]
 
-        self.teacher, self.kd_iter = None, None
+        self.teacher, self.kd_iter = None, None  # kd_iter: made per round (train_round)
         if self.method.needs_teacher and cfg.kd_stream:  # cached (a store path) or online (None)
             self.teacher = fit.teacher(cfg.teacher_cache, k=min(self.method.config.kd_top_k, self.fit.spec.vocab_size))
-            self.kd_iter = fit.shards.batches("kd", cfg.kd_batch_size, cfg.seed + 7)
         self.trainable = [p for p in self.inner.parameters() if p.requires_grad]
         return True
 
@@ -326,7 +332,14 @@ class SequenceRecipe:
             opt.load_state_dict(self._resume_optimizer["opt"])
             sched.load_state_dict(self._resume_optimizer["sched"])
         self._resume_optimizer = None
-        it = self.fit.shards.batches(f"task_{r}", cfg.batch_size, cfg.seed + 1000 * r + start_step)
+        # Every round is seeded by its place in the lineage (and the step it starts at), never by what
+        # ran before it in this process: a lineage's rounds, each its own run continuing the last,
+        # train exactly as the same rounds of one sequence run.
+        g = cfg.lineage_round(r)
+        torch.manual_seed(round_seed(cfg.seed, g, start_step))
+        it = self.fit.shards.batches(f"task_{r}", cfg.batch_size, cfg.seed + 1000 * g + start_step)
+        if self.teacher is not None:
+            self.kd_iter = self.fit.shards.batches("kd", cfg.kd_batch_size, cfg.seed + 7 + 1000 * g + start_step)
         model.train()
         t0, loss_ema, terms_ema = time.time(), None, {}
         self.log(f"round {r + 1}/{n} '{task}' (attempt {attempt}): steps {start_step}..{cfg.steps_per_task}")

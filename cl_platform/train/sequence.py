@@ -258,6 +258,9 @@ def run_sequence(
             log(f"gpus_per_worker: {base_cfg.gpus_per_worker:g} (auto; the cluster has {cluster.get('GPU', 0):g} GPU)")
         # one whole CPU beyond the workers: each Ray Data read or map task asks for one
         validate_resources(base_cfg.num_workers, base_cfg.cpus_per_worker, base_cfg.gpus_per_worker, extra_cpus=1.0)
+        if from_run is not None:  # rounds of the parent chain come first in the lineage (seeding, history)
+            parent = Ledger.open(store, from_run)
+            base_cfg = replace(base_cfg, earlier_tasks=parent.earlier_tasks() + list(parent.task_order) or None)
         config = {**base_cfg.to_dict(), "methods": list(methods), "from_run": from_run}
         config.pop("method", None)
         ledger = Ledger.open_or_create(store, base_cfg.run, task_order=list(base_cfg.tasks), config=config,
