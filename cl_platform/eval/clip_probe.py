@@ -25,7 +25,9 @@ form one prompt with several target images; prompts keep the order of their firs
 :class:`~cl_platform.models.chameleon.ImageTokenConstraint`: ``<boi>`` is forced, then exactly
 ``image_tokens`` image codes, then ``<eoi>``. The reference's classifier-free guidance (text 3.0,
 image 1.2, three forward passes per token) is not applied: ``generate`` samples the conditional
-distribution only, the one continual learning changes. Prompts of equal length are batched
+distribution only, the one continual learning changes. Each ``generate`` is an image-generation call
+(:func:`cl_platform.mode.generating_image`): a MoDE model routed by ``sequence`` sends the prompt
+to the visual LoRA too. Prompts of equal length are batched
 (``batch_size`` per ``generate`` call, no padding); each call seeds torch with
 ``seed * 1_000_003 + index of its first prompt``, so a seed, the prompts and the sharding (rank,
 world, batch size) fix the images on a given machine and library version.
@@ -50,6 +52,7 @@ import torch
 import torch.nn.functional as F
 
 from cl_platform.eval.probe import GenerationProbe, ProbeSpec
+from cl_platform.mode import generating_image
 from cl_platform.models.chameleon import ImageTokenConstraint
 from cl_platform.models.modality import ModalitySpec
 from cl_platform.models.vqgan_decoder import VQGANDecoder, image_tokens_to_codes, load_vqgan_decoder
@@ -206,13 +209,14 @@ def sample_image_tokens(model: torch.nn.Module, prompts: Sequence[Sequence[int]]
             torch.manual_seed(int(seed) * SEED_STRIDE + batch[0])
             ids = torch.tensor([list(prompts[i]) for i in batch], dtype=torch.long, device=device)
             length = ids.shape[1]
-            gen = model.generate(
-                input_ids=ids, attention_mask=torch.ones_like(ids),
-                logits_processor=[ImageTokenConstraint(spec, image_tokens, prompt_length=length, start_image=True)],
-                max_new_tokens=image_tokens + 2, eos_token_id=spec.eoi_id, pad_token_id=spec.pad_id,
-                do_sample=True, temperature=float(sampling.temperature), top_p=float(sampling.top_p), top_k=0,
-                num_return_sequences=int(sampling.samples_per_prompt), use_cache=True,
-            )
+            with generating_image(model):
+                gen = model.generate(
+                    input_ids=ids, attention_mask=torch.ones_like(ids),
+                    logits_processor=[ImageTokenConstraint(spec, image_tokens, prompt_length=length, start_image=True)],
+                    max_new_tokens=image_tokens + 2, eos_token_id=spec.eoi_id, pad_token_id=spec.pad_id,
+                    do_sample=True, temperature=float(sampling.temperature), top_p=float(sampling.top_p), top_k=0,
+                    num_return_sequences=int(sampling.samples_per_prompt), use_cache=True,
+                )
             codes = gen[:, length + 1 : length + 1 + image_tokens].cpu().reshape(len(batch), sampling.samples_per_prompt, -1)
             for j, i in enumerate(batch):
                 out[i] = codes[j]

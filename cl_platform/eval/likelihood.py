@@ -14,6 +14,9 @@ samples under), giving ``log q(x_j | x_<j)``. Over all scored positions of the p
     CE = - mean_j log q(x_j | x_<j)          (nats per image token)
     generation_score = max(0, 1 - CE / ln(V))
 
+The forward is an image-generation call (:func:`cl_platform.mode.generating_image`): a MoDE model
+routed by ``sequence`` sends the whole row, its prompt included, to the visual LoRA.
+
 1 is a model certain of every image token, 0 one no better than a uniform guess among the image
 ids (or worse: the score is clipped at 0, so it stays a fraction like the judge's). Reported after every round like the judge's score (shown
 x100 in tables); the base model's value is round 0 and ``generation_drop`` = base - current.
@@ -27,6 +30,7 @@ from typing import Optional, Sequence
 import torch
 
 from cl_platform.eval.probe import GenerationProbe, ProbeSpec
+from cl_platform.mode import generating_image
 from cl_platform.models.modality import ModalitySpec
 from cl_platform.store import Store
 
@@ -86,7 +90,8 @@ class ImageLikelihoodProbe(GenerationProbe):
                 am[i, : len(tokens)] = 1
                 pos = scored_positions(tokens, plen, self.spec)
                 targets[i, pos] = self._slot[torch.tensor(tokens)[pos]]
-            logits = model(input_ids=ids.to(device), attention_mask=am.to(device)).logits
+            with generating_image(model):
+                logits = model(input_ids=ids.to(device), attention_mask=am.to(device)).logits
             # logits at j-1 predict x_j
             restricted = logits[:, :-1, :].index_select(-1, ids_dev).float().log_softmax(-1)
             tgt = targets[:, 1:].to(device)

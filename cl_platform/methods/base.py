@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from cl_platform.fields import setting, validate
+from cl_platform.mode.routing import GENERATION_ROUTINGS
 from cl_platform.models.modality import ModalitySpec
 from cl_platform.methods.kd import TeacherTargets
 
@@ -39,6 +40,11 @@ class MethodConfig:
     kd_weight: float = setting(0.3, ge=0, sweep="search", help="lambda of the KD term (methods with KD only)")
     kd_temperature: float = setting(2.0, gt=0, sweep="fixed", help="T of the KD term")
     kd_top_k: int = setting(256, ge=1, sweep="fixed", help="K, teacher ids the KD distributions are renormalised on")
+    generation_routing: str = setting("token", choices=GENERATION_ROUTINGS, sweep="search",
+                                      help="MoDE (mode, mode_nokd): how image-generation forwards (the KD stream, the "
+                                           "generation probes) route: 'token' by each token's id, 'sequence' every "
+                                           "token, the text prompt included, to the visual LoRA; understanding "
+                                           "always routes by token id (one of: token, sequence)")
     seed: int = setting(0, ge=0, cli=False, help="seed of the adapter initialisation (the run's --seed)")
 
     def __post_init__(self) -> None:

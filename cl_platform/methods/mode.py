@@ -8,7 +8,7 @@ from torch import nn
 
 from cl_platform.methods.base import ContinualMethod, StepInputs
 from cl_platform.methods.registry import register_method
-from cl_platform.mode import ModeConfig
+from cl_platform.mode import ModeConfig, generating_image
 from cl_platform.models.modality import ModalitySpec
 from cl_platform.methods.kd import kd_loss
 
@@ -20,6 +20,7 @@ def mode_config(method: ContinualMethod, spec: ModalitySpec, *, decoupled: bool)
         lora_dropout=c.lora_dropout, target_modules=list(c.target_modules),
         image_token_ranges=[list(r) for r in spec.image_token_ranges] if decoupled else [],
         decoupled=decoupled, init_seed=c.seed, task_type="CAUSAL_LM",
+        generation_routing=c.generation_routing if decoupled else "token",
     )
 
 
@@ -36,7 +37,8 @@ class ModeMethod(ContinualMethod):
         kd = inputs.kd_batch
         if kd is None or self.config.kd_weight == 0:
             return {}
-        logits = model(input_ids=kd.input_ids, attention_mask=kd.attention_mask).logits
+        with generating_image(model):  # the KD stream is image generation: routed as the config says
+            logits = model(input_ids=kd.input_ids, attention_mask=kd.attention_mask).logits
         loss = kd_loss(logits, kd.targets, kd.loss_mask, temperature=self.config.kd_temperature)
         return {"kd": self.config.kd_weight * loss}
 

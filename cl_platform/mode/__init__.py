@@ -9,7 +9,7 @@ from cl_platform.mode.config import MODE_PEFT_TYPE, ModeConfig
 from cl_platform.mode.layer import ModeLayer, ModeLinear, mode_delta
 from cl_platform.mode.model import ModeModel
 from cl_platform.mode.registration import register
-from cl_platform.mode.routing import RoutingError, RoutingState
+from cl_platform.mode.routing import GENERATION_ROUTINGS, RoutingError, RoutingState, generating_image
 
 
 def routing_scope(model, image_mask):
@@ -19,6 +19,7 @@ def routing_scope(model, image_mask):
 
 
 __all__ = [
+    "GENERATION_ROUTINGS",
     "MODE_PEFT_TYPE",
     "ModeConfig",
     "ModeLayer",
@@ -26,6 +27,7 @@ __all__ = [
     "ModeModel",
     "RoutingError",
     "RoutingState",
+    "generating_image",
     "mode_delta",
     "routing_scope",
 ]

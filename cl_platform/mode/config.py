@@ -7,6 +7,7 @@ from typing import Optional, Union
 
 from peft.config import PeftConfig
 
+from cl_platform.mode.routing import GENERATION_ROUTINGS
 from cl_platform.models.modality import normalize_ranges
 
 #: The ``peft_type`` string written to ``adapter_config.json``. PEFT resolves it through its
@@ -25,7 +26,9 @@ class ModeConfig(PeftConfig):
     ``W x + (alpha / r_text) * sum_e softmax(R x)_e * B_e A_e x`` (``num_experts`` experts of rank
     ``r_text``, router R) and an image token gets ``W x + (alpha / r_image) * B_v A_v x``. B is
     initialised to zero, so a fresh adapter is exactly the base model. A token is an image token
-    when its id falls in one of ``image_token_ranges``.
+    when its id falls in one of ``image_token_ranges``. Inside an image-generation call
+    (:func:`cl_platform.mode.generating_image`) ``generation_routing="sequence"`` routes every
+    token, its text prompt included, to the visual LoRA.
     """
 
     r_text: int = field(default=8, metadata={"help": "Rank of each text LoRA expert."})
@@ -51,6 +54,13 @@ class ModeConfig(PeftConfig):
         metadata={
             "help": "True: MoDE (image tokens take the visual LoRA). False: modality-coupled MoELoRA, every "
             "token takes the routed text experts and no visual LoRA is built."
+        },
+    )
+    generation_routing: str = field(
+        default="token",
+        metadata={
+            "help": "How image-generation calls route: 'token' (by each token's id, as every other call) or "
+            "'sequence' (every token of the call, its text prompt included, to the visual LoRA)."
         },
     )
     init_seed: Optional[int] = field(
@@ -81,6 +91,12 @@ class ModeConfig(PeftConfig):
             raise ValueError(f"ModeConfig.r_image must be a positive integer, got {self.r_image!r}")
         if not 0.0 <= float(self.lora_dropout) < 1.0:
             raise ValueError(f"ModeConfig.lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
+        if self.generation_routing not in GENERATION_ROUTINGS:
+            raise ValueError(f"ModeConfig.generation_routing must be one of {', '.join(GENERATION_ROUTINGS)}, "
+                             f"got {self.generation_routing!r}")
+        if self.generation_routing == "sequence" and not self.decoupled:
+            raise ValueError("ModeConfig.generation_routing 'sequence' routes to the visual LoRA, which a "
+                             "modality-coupled adapter (decoupled=False) does not have; use 'token'")
         self.image_token_ranges = normalize_ranges(self.image_token_ranges, what="ModeConfig.image_token_ranges")
         if self.decoupled and not self.image_token_ranges:
             raise ValueError(

@@ -19,7 +19,7 @@ class ModeModel(BaseTuner):
 
     Besides injecting :class:`ModeLinear` layers, it registers one forward pre-hook on the wrapped
     model that computes the image-token mask from the ``input_ids`` of each forward, shared by all
-    layers through one :class:`RoutingState`.
+    layers through one :class:`RoutingState` (which also holds the config's ``generation_routing``).
     """
 
     prefix: str = "mode_"
@@ -28,7 +28,7 @@ class ModeModel(BaseTuner):
 
     def __init__(self, model: nn.Module, config, adapter_name: str, low_cpu_mem_usage: bool = False, **kwargs) -> None:
         cfg = config[adapter_name] if isinstance(config, dict) else config
-        self.routing = RoutingState(cfg.image_token_ranges)
+        self.routing = RoutingState(cfg.image_token_ranges, cfg.generation_routing)
         super().__init__(model, config, adapter_name, low_cpu_mem_usage=low_cpu_mem_usage, **kwargs)
         for module in self.model.modules():
             if isinstance(module, ModeLayer):
@@ -46,6 +46,11 @@ class ModeModel(BaseTuner):
             raise ValueError(
                 "All MoDE adapters of one model must share image_token_ranges: "
                 f"{config.image_token_ranges} != {self.routing.image_token_ranges}"
+            )
+        if config.generation_routing != self.routing.generation_routing:
+            raise ValueError(
+                "All MoDE adapters of one model must share generation_routing: "
+                f"{config.generation_routing!r} != {self.routing.generation_routing!r}"
             )
 
     def _create_and_replace(self, config, adapter_name, target, target_name, parent, current_key, **kwargs) -> None:

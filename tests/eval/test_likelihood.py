@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from cl_platform.eval.likelihood import ImageLikelihoodProbe, image_ids, scored_positions
 from cl_platform.eval.probe import ProbeSpec, build_probe
+from cl_platform.mode import ModeConfig, routing_scope
 from cl_platform.models.modality import ModalitySpec
 
 # vocabulary of 32: text 0..9 (pad 0, sep 9), image codes 10..19, end-of-image 20, begin-of-image 21
@@ -24,12 +26,14 @@ def tiny_model(seed: int = 0) -> LlamaForCausalLM:
     return LlamaForCausalLM(cfg).eval()
 
 
-def reference_ce(model, rows, spec) -> tuple[float, int]:
-    """Row by row, no batching or padding: sum of -log q over scored positions, and their count."""
+def reference_ce(model, rows, spec, *, all_image: bool = False) -> tuple[float, int]:
+    """Row by row, no batching or padding: sum of -log q over scored positions, and their count
+    (``all_image``: every token of a MoDE model routed to its visual LoRA by an explicit mask)."""
     ids = image_ids(spec)
     total, n = 0.0, 0
     for tokens, plen in rows:
-        with torch.no_grad():
+        scope = routing_scope(model, torch.ones(1, len(tokens), dtype=torch.bool)) if all_image else nullcontext()
+        with torch.no_grad(), scope:
             logits = model(input_ids=torch.tensor([tokens])).logits[0].double()
         for j in range(max(1, plen), len(tokens)):
             if spec.image_token_ranges[0][0] <= tokens[j] < spec.image_token_ranges[-1][1]:
@@ -54,6 +58,24 @@ def test_partial_and_score_match_the_reference_formula():
     assert nll == pytest.approx(ref_nll, rel=1e-5)
     v = 12  # ids 10..21
     assert probe.score(nll, count) == pytest.approx(max(0.0, 1 - (ref_nll / ref_n) / math.log(v)), abs=1e-6)
+
+
+@pytest.mark.parametrize("routing", ["token", "sequence"])
+def test_a_mode_model_is_scored_as_its_generation_routing_routes(routing):
+    import peft
+
+    model = peft.get_peft_model(tiny_model(2), ModeConfig(
+        image_token_ranges=[list(r) for r in SPEC.image_token_ranges], generation_routing=routing,
+        lora_dropout=0.0, r_text=2, r_image=2, num_experts=2, task_type="CAUSAL_LM"))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "mode_" in name:
+                p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))) * 0.5)
+    nll, count = ImageLikelihoodProbe(ROWS, SPEC, batch_size=2).partial(model, 0, 1)
+    by_id, all_image = reference_ce(model, ROWS, SPEC), reference_ce(model, ROWS, SPEC, all_image=True)
+    assert abs(by_id[0] - all_image[0]) > 1e-3  # the two routings score differently
+    assert count == by_id[1]
+    assert nll == pytest.approx(all_image[0] if routing == "sequence" else by_id[0], rel=1e-5)
 
 
 def test_shards_sum_to_the_whole():

@@ -20,6 +20,7 @@ BAD = {
     "kd_temperature": 0.0,
     "kd_top_k": 0,
     "seed": -1,
+    "generation_routing": "image",
 }
 
 #: Further wrong kinds.

@@ -133,7 +133,7 @@ def test_routing_inside_generate_matches_training_forward(arch):
     state = model.base_model.routing
     calls = []
     original = state.set_from_ids
-    state.set_from_ids = lambda ids: (calls.append(None if ids is None else ids.shape), original(ids))[1]
+    state.set_from_ids = lambda ids, *rest: (calls.append(None if ids is None else ids.shape), original(ids, *rest))[1]
     prompt = mixed_ids(2, 5, 4)
     out = model.generate(
         input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=8, do_sample=True,

@@ -182,8 +182,9 @@ def test_sweep_settings_are_the_config_fields():
     from cl_platform.sweeps.space import searchable, sweep_params
     from cl_platform.train.config import SequenceConfig
 
-    assert searchable() == ["r_text", "r_image", "num_experts", "lora_alpha", "lora_dropout", "kd_weight", "lr",
-                            "weight_decay"]
+    assert searchable() == ["r_text", "r_image", "num_experts", "lora_alpha", "lora_dropout", "kd_weight",
+                            "generation_routing",
+                            "lr", "weight_decay"]
     for cls, target in ((MethodConfig, "method"), (SequenceConfig, "training")):
         for name, s in settings(cls).items():
             if s.sweep:
@@ -199,7 +200,9 @@ REFUSED = {"r_text": 0, "r_image": 0, "num_experts": 0, "lora_alpha": 0.0, "lora
            "target_modules": [], "kd_temperature": 0.0, "kd_top_k": 0, "lr": 0.0, "weight_decay": -1.0,
            "steps_per_task": 0, "batch_size": 0, "kd_batch_size": 0, "warmup_frac": 1.0, "grad_clip": -1.0,
            "checkpoint_every": -1, "eval_batch_size": 0, "seed": -1, "log_every": 0, "max_failures": -1,
-           "precision": "fp16", "gradient_checkpointing": 2, "teacher_mode": "gpu", "teacher_cache_limit_gb": -1.0}
+           "precision": "fp16", "gradient_checkpointing": 2, "teacher_mode": "gpu", "teacher_cache_limit_gb": -1.0,
+           "generation_routing": "image",
+           }
 
 
 @pytest.mark.parametrize("name", sorted(REFUSED))

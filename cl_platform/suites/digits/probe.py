@@ -2,7 +2,9 @@
 
 ``partial`` asks the model to "draw a <digit>" for this rank's share of the probe digits
 (:func:`cl_platform.suites.digits.generation.generate_images`) and counts the images the judge
-labels as the requested digit; the score is the fraction of hits over all ranks.
+labels as the requested digit; the score is the fraction of hits over all ranks. Generation is an
+image-generation call (:func:`cl_platform.mode.generating_image`): a MoDE model routed by
+``sequence`` sends the prompt to the visual LoRA too.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import numpy as np
 import torch
 
 from cl_platform.eval.probe import GenerationProbe, ProbeSpec
+from cl_platform.mode import generating_image
 from cl_platform.models.modality import ModalitySpec
 from cl_platform.store import Store
 
@@ -29,7 +32,8 @@ class DigitsJudgeProbe(GenerationProbe):
         digits = self.digits[rank::world]
         if not digits:
             return 0.0, 0.0
-        images = generate_images(model, digits, seed=self.seed * 1000 + rank)
+        with generating_image(model):
+            images = generate_images(model, digits, seed=self.seed * 1000 + rank)
         return float((np.asarray(self.judge.predict(images)) == np.asarray(digits)).sum()), float(len(digits))
 
 
