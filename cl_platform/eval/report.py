@@ -27,7 +27,9 @@ percentage points.
 The report (``<run>/report/``): ``report.md`` with the method comparison, the generation scores
 across rounds, every method's accuracy matrix and the config, next to the PNG plots it links by
 relative path: ``method_comparison.png``, ``generation_scores.png`` and one
-``accuracy_matrix_<method>.png`` per method. Plots are drawn on matplotlib ``Figure`` objects with
+``accuracy_matrix_<method>.png`` per method; when rounds hold the gradient-conflict diagnostic
+(``rounds[i].gradient_conflict``, :mod:`cl_platform.train.gradients`), a table of it and
+``gradient_conflict.png``. Plots are drawn on matplotlib ``Figure`` objects with
 the Agg canvas (no pyplot, no display, no global state).
 """
 
@@ -471,6 +473,7 @@ def render_markdown(results: Mapping[str, Any], images: ReportImages | None = No
         if images is not None and name in images.heatmaps:
             lines += [f"![accuracy matrix of {_md(name)}]({images.heatmaps[name]})", ""]
 
+    lines += gradient_conflict_section(results, with_plot=images is not None)
     lines += ["## Config", ""]
     text = json.dumps(results["config"], indent=2, ensure_ascii=False)
     fence = "```"
@@ -577,6 +580,78 @@ def plot_method_comparison(results: Mapping[str, Any]) -> bytes:
     return _png(fig)
 
 
+# ------------------------------------------------------------------------------------ gradient conflict
+
+#: File name of the gradient-conflict plot inside :data:`REPORT_DIR` (written when a round has the diagnostic).
+GRADIENT_CONFLICT_PLOT = "gradient_conflict.png"
+
+
+def gradient_conflicts(results: Mapping[str, Any]) -> dict[str, list[tuple[int, Mapping[str, Any]]]]:
+    """Method -> ``(round index, overall statistics)`` of the rounds whose ``rounds[i]`` holds a
+    ``gradient_conflict`` (:mod:`cl_platform.train.gradients`); methods without any are left out."""
+    out: dict[str, list[tuple[int, Mapping[str, Any]]]] = {}
+    for name, entry in results["methods"].items():
+        found = [(i, r["gradient_conflict"]["overall"]) for i, r in enumerate(entry.get("rounds") or [])
+                 if isinstance(r.get("gradient_conflict"), Mapping) and "overall" in r["gradient_conflict"]]
+        if found:
+            out[name] = found
+    return out
+
+
+def _num(x: Any, places: int = 3) -> str:
+    return "-" if x is None else f"{x:.{places}f}"
+
+
+def gradient_conflict_section(results: Mapping[str, Any], *, with_plot: bool = False) -> list[str]:
+    """Markdown lines of the gradient-conflict table (none when no round has the diagnostic)."""
+    found = gradient_conflicts(results)
+    if not found:
+        return []
+    labels = _round_labels(list(results["task_order"]))
+    lines = ["## Gradient conflict", "",
+             "After each round, on fixed rows: the task loss's and the image-generation loss's gradients on all "
+             "adapter parameters. *cosine*: between the two; *task share* / *generation share*: the share of "
+             "that loss's squared gradient norm on entries the other loss also updates (- : a zero gradient).", ""]
+    rows = [[_md(name), _md(labels[i]), _num(s.get("task_norm"), 4), _num(s.get("generation_norm"), 4),
+             _num(s.get("cosine")), _num(s.get("task_share")), _num(s.get("generation_share"))]
+            for name, items in found.items() for i, s in items]
+    lines += _md_table(["method", "after round", "task |g|", "generation |g|", "cosine", "task share",
+                        "generation share"], rows)
+    lines += [""]
+    if with_plot:
+        lines += [f"![gradient conflict across rounds]({GRADIENT_CONFLICT_PLOT})", ""]
+    return lines
+
+
+def plot_gradient_conflict(results: Mapping[str, Any]) -> bytes:
+    """PNG of the overall gradient cosine (left) and shared-entry shares (right; solid: task share,
+    dashed: generation share) after each round, one colour per method."""
+    found = gradient_conflicts(results)
+    labels = _round_labels(list(results["task_order"]))
+    fig = Figure(figsize=(max(8.0, 3.0 + 1.2 * len(labels)), 3.6))
+    cos_ax, share_ax = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    nan = float("nan")
+    for k, (name, items) in enumerate(found.items()):
+        x = [i for i, _ in items]
+        color = f"C{k % 10}"
+        cos_ax.plot(x, [nan if s.get("cosine") is None else s["cosine"] for _, s in items], marker="o", color=color,
+                    label=str(name))
+        for key, style in (("task_share", "-"), ("generation_share", "--")):
+            share_ax.plot(x, [nan if s.get(key) is None else s[key] for _, s in items], linestyle=style, marker="o",
+                          color=color, label=f"{name}: {key.replace('_', ' ')}")
+    for ax, title in ((cos_ax, "cosine(task, generation)"), (share_ax, "share on entries both update")):
+        ax.set_xticks(range(len(labels)), labels, rotation=30 if len(labels) > 3 else 0,
+                      ha="right" if len(labels) > 3 else "center")
+        ax.set_xlabel("after round")
+        ax.set_title(title)
+        ax.grid(True, alpha=0.3)
+    cos_ax.axhline(0.0, color="black", linewidth=0.8)
+    cos_ax.set_ylim(-1.05, 1.05)
+    share_ax.set_ylim(-0.03, 1.03)
+    share_ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=7)
+    return _png(fig)
+
+
 # ------------------------------------------------------------------------------------ report
 
 
@@ -592,6 +667,8 @@ def write_report(store: JsonStore, run_prefix: str, results: Mapping[str, Any]) 
     written: list[str] = []
     plots = [(images.comparison, plot_method_comparison(results)), (images.generation, plot_generation_scores(results))]
     plots += [(images.heatmaps[name], plot_accuracy_matrix(results, name)) for name in results["methods"]]
+    if gradient_conflicts(results):
+        plots.append((GRADIENT_CONFLICT_PLOT, plot_gradient_conflict(results)))
     for file_name, data in plots:
         path = join(directory, file_name)
         store.write_bytes(path, data)
@@ -603,6 +680,7 @@ def write_report(store: JsonStore, run_prefix: str, results: Mapping[str, Any]) 
 
 __all__ = [
     "COMPARISON_METRICS",
+    "GRADIENT_CONFLICT_PLOT",
     "JsonStore",
     "REPORT_DIR",
     "REPORT_FILE",
@@ -612,8 +690,11 @@ __all__ = [
     "SCHEMA_VERSION",
     "build_results",
     "format_table",
+    "gradient_conflict_section",
+    "gradient_conflicts",
     "method_entry",
     "plot_accuracy_matrix",
+    "plot_gradient_conflict",
     "plot_generation_scores",
     "plot_method_comparison",
     "read_results",

@@ -69,6 +69,11 @@ class SequenceConfig:
                                           help="1: keep only each decoder layer's input during the forward and "
                                                "recompute the layer in the backward (less activation memory, about "
                                                "a third more compute); 0: keep every activation")
+    gradient_diagnostic: int = setting(1, ge=0, le=1, group="training", sweep="fixed",
+                                       help="1: after every round, the gradient-conflict diagnostic on rank 0 (task "
+                                            "loss vs image-generation loss on 8 fixed rows each, per adapter "
+                                            "parameter group: norms, cosine, shared-entry shares; "
+                                            "cl_platform.train.gradients) in the ledger and results.json; 0: off")
     teacher_mode: str = setting("auto", choices=TEACHER_MODES, group="training", sweep="fixed",
                                 help="where the KD teacher's targets come from: 'cached' (computed once by a Ray "
                                      "Data job over actors, stored in shards the workers stream), 'online' (the "

@@ -381,6 +381,11 @@ class SequenceRecipe:
                    "train_seconds": result.seconds, "eval_seconds": eval_s,
                    "base_eval_seconds": self.fit.take_base_eval_seconds(),
                    **{f"{k}_loss": v for k, v in result.terms.items()}}
+        if cfg.gradient_diagnostic and self.rank == 0:  # the other ranks do not wait for it: no collective
+            from cl_platform.train.gradients import round_gradient_conflict
+
+            metrics["gradient_conflict"] = round_gradient_conflict(
+                self.inner, self.fit.store, self.fit.spec, task, cfg.kd_stream, cfg.seed, autocast=self.autocast)
         self.log(f"round {r + 1} '{task}' done in {result.seconds:.1f}s (+{eval_s:.1f}s eval): accuracy "
                  + " ".join(f"{t}={a:.2f}" for t, a in zip(cfg.tasks, accs))
                  + (f" | generation {gen:.3f}" if gen is not None else ""))

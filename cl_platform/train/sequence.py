@@ -180,7 +180,8 @@ def method_results(ledger: Ledger, method: str, num_tasks: int) -> dict[str, Any
     return {"accuracy_matrix": p["R"], "generation_scores": p["G"], "base_accuracy": p["base_acc"],
             "rounds": [{"round": rec.round, "task": rec.task, "attempt": rec.attempt, "checkpoint": rec.checkpoint,
                         "started_at": rec.started_at, "ended_at": rec.ended_at,
-                        "train_seconds": rec.metrics.get("train_seconds"), "eval_seconds": rec.metrics.get("eval_seconds")}
+                        "train_seconds": rec.metrics.get("train_seconds"), "eval_seconds": rec.metrics.get("eval_seconds"),
+                        "gradient_conflict": rec.metrics.get("gradient_conflict")}
                        for rec in rounds]}
 
 

@@ -281,3 +281,25 @@ def test_single_task_run_plots(tmp_path):
     _check_png(plot_accuracy_matrix(built, "m"), tmp_path, "one.png")
     with pytest.raises(KeyError, match="method 'x' is not in the results"):
         plot_accuracy_matrix(built, "x")
+
+
+def test_gradient_conflict_table_and_plot(tmp_path):
+    def stats(cos):
+        return {"overall": {"task_norm": 0.5, "generation_norm": 0.25, "cosine": cos, "task_share": 0.125,
+                            "generation_share": None}, "groups": {}}
+
+    mode, seq = _method(0, 0.02), _method(1, 0.2)
+    mode["rounds"] = [{**r, "gradient_conflict": stats(c)} for r, c in zip(mode["rounds"], [0.5, -0.25, None])]
+    seq["rounds"] = [{**r, "gradient_conflict": None} for r in seq["rounds"]]  # diagnostic off: no rows
+    built = build_results("gc", ORDER, {}, {"mode": mode, "seq_lora": seq})
+    paths = write_report(Store(str(tmp_path / "store")), "runs/gc", built)
+    assert paths[-1].endswith("/gradient_conflict.png")
+    _check_png(Store(str(tmp_path / "store")).read_bytes(paths[-1]), tmp_path, "gc.png")
+    md = Store(str(tmp_path / "store")).read_bytes(paths[0]).decode()
+    section = md.split("## Gradient conflict")[1].split("\n## ")[0]
+    table = [line for line in section.splitlines() if line.startswith("| mode |")]
+    assert table == ["| mode | 1: add | 0.5000 | 0.2500 | 0.500 | 0.125 | - |",
+                     "| mode | 2: sub | 0.5000 | 0.2500 | -0.250 | 0.125 | - |",
+                     "| mode | 3: mul | 0.5000 | 0.2500 | - | 0.125 | - |"]
+    assert "](gradient_conflict.png)" in md and "| seq_lora | 1" not in md
+    assert "Gradient conflict" not in render_markdown(build_results("x", ORDER, {}, {"m": _method(0, 0.1)}))

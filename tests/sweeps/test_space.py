@@ -202,6 +202,7 @@ REFUSED = {"r_text": 0, "r_image": 0, "num_experts": 0, "lora_alpha": 0.0, "lora
            "checkpoint_every": -1, "eval_batch_size": 0, "seed": -1, "log_every": 0, "max_failures": -1,
            "precision": "fp16", "gradient_checkpointing": 2, "teacher_mode": "gpu", "teacher_cache_limit_gb": -1.0,
            "generation_routing": "image",
+           "gradient_diagnostic": 2,
            }
 
 
