@@ -28,7 +28,12 @@ from cl_platform.store import Store
 
 
 class GenerationProbe(ABC):
-    """Measures image generation of a model; partial sums per rank, one score from their totals."""
+    """Measures image generation of a model; partial sums per rank, one score from their totals.
+
+    A forward that generates (or teacher-forces) an image runs inside
+    ``with cl_platform.mode.generating_image(model):``, so a MoDE model routes it as its
+    ``generation_routing`` says (nothing changes for other models).
+    """
 
     @abstractmethod
     def partial(self, model: torch.nn.Module, rank: int, world: int) -> tuple[float, float]:

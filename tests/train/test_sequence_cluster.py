@@ -82,6 +82,10 @@ def test_quick_sequence_two_workers_two_methods_with_the_store_on_s3(fresh_digit
     assert "teacher: " in proc.stdout and "step " in proc.stdout
     for method in methods:
         _check_results(store, run, method, TASKS)
+    # the gradient-conflict diagnostic of every round (rank 0 of the two workers), grouped by method
+    rounds = store.read_json(f"runs/{run}/results.json")["methods"]
+    assert [sorted(r["gradient_conflict"]["groups"]) for m in methods for r in rounds[m]["rounds"]] == (
+        [["router", "text_experts", "visual_lora"]] * len(TASKS) + [["lora"]] * len(TASKS))
     assert len(store.glob("cache/teacher/*/index.json")) == 1  # computed once, in the bucket
     # the base model came from the bucket, and nothing went to a local store
     assert store.read_json(f"runs/{run}/results.json")["config"]["model_uri"].startswith(f"{s3_url}/models/")
