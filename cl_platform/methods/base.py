@@ -39,6 +39,11 @@ class MethodConfig:
     kd_weight: float = setting(0.3, ge=0, sweep="search", help="lambda of the KD term (methods with KD only)")
     kd_temperature: float = setting(2.0, gt=0, sweep="fixed", help="T of the KD term")
     kd_top_k: int = setting(256, ge=1, sweep="fixed", help="K, teacher ids the KD distributions are renormalised on")
+    olora_slots: int = setting(8, ge=1, sweep="fixed",
+                               help="task slots of O-LoRA's adapter (a LoRA of rank r_text each): the most tasks "
+                                    "an olora sequence, with the runs it continues, can learn")
+    olora_lambda: float = setting(0.5, ge=0, sweep="search",
+                                  help="lambda_1 of O-LoRA's orthogonality term (olora only)")
     seed: int = setting(0, ge=0, cli=False, help="seed of the adapter initialisation (the run's --seed)")
 
     def __post_init__(self) -> None:

@@ -20,6 +20,8 @@ BAD = {
     "kd_temperature": 0.0,
     "kd_top_k": 0,
     "seed": -1,
+    "olora_slots": 0,
+    "olora_lambda": -0.5,
 }
 
 #: Further wrong kinds.
