@@ -23,7 +23,7 @@ import torch
 from peft.tuners.lora import LoraLayer
 from torch import nn
 
-from cl_platform.methods.base import ContinualMethod, StepInputs
+from cl_platform.methods.base import ContinualMethod, MethodConfig, StepInputs
 from cl_platform.methods.registry import register_method
 from cl_platform.models.modality import ModalitySpec
 
@@ -65,7 +65,7 @@ class OLoraMethod(ContinualMethod):
     description = ("O-LoRA: a LoRA of rank r_text per task (olora_slots slots), earlier ones frozen, the new one "
                    "kept orthogonal to them (olora_lambda)")
 
-    def __init__(self, config: Any = None) -> None:
+    def __init__(self, config: Optional[MethodConfig] = None) -> None:
         super().__init__(config)
         #: task -> slot of every task learned or in progress
         self.slots: dict[str, int] = {}
