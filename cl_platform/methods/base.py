@@ -45,6 +45,11 @@ class MethodConfig:
                                            "generation probes) route: 'token' by each token's id, 'sequence' every "
                                            "token, the text prompt included, to the visual LoRA; understanding "
                                            "always routes by token id (one of: token, sequence)")
+    olora_slots: int = setting(8, ge=1, sweep="fixed",
+                               help="task slots of O-LoRA's adapter (a LoRA of rank r_text each): the most tasks "
+                                    "an olora sequence, with the runs it continues, can learn")
+    olora_lambda: float = setting(0.5, ge=0, sweep="search",
+                                  help="lambda_1 of O-LoRA's orthogonality term (olora only)")
     seed: int = setting(0, ge=0, cli=False, help="seed of the adapter initialisation (the run's --seed)")
 
     def __post_init__(self) -> None:

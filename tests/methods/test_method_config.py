@@ -21,6 +21,8 @@ BAD = {
     "kd_top_k": 0,
     "seed": -1,
     "generation_routing": "image",
+    "olora_slots": 0,
+    "olora_lambda": -0.5,
 }
 
 #: Further wrong kinds.

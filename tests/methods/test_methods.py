@@ -23,12 +23,12 @@ def tiny(seed=0):
 
 
 def test_builtin_methods_are_registered():
-    assert {"mode", "mode_nokd", "seq_lora", "moe_lora"} <= set(available_methods())
+    assert {"mode", "mode_nokd", "seq_lora", "moe_lora", "olora"} <= set(available_methods())
     with pytest.raises(ValueError, match="unknown method 'nope'.*mode"):
         get_method("nope")
 
 
-@pytest.mark.parametrize("name", ["mode", "mode_nokd", "seq_lora", "moe_lora"])
+@pytest.mark.parametrize("name", ["mode", "mode_nokd", "seq_lora", "moe_lora", "olora"])
 def test_each_method_builds_a_frozen_backbone_adapter_equal_to_base(name):
     base = tiny()
     ids = torch.randint(0, 62, (2, 9))
@@ -40,7 +40,7 @@ def test_each_method_builds_a_frozen_backbone_adapter_equal_to_base(name):
     assert trainable and all(("lora_" in n) or ("mode_" in n) for n in trainable)
     names = " ".join(trainable)
     assert ("mode_image_A" in names) == (name in ("mode", "mode_nokd"))
-    assert ("mode_router" in names) == (name != "seq_lora")
+    assert ("mode_router" in names) == (name in ("mode", "mode_nokd", "moe_lora"))
 
 
 def _kd_batch(model, ids):

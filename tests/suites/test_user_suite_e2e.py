@@ -1,6 +1,6 @@
 """A user's world end to end: MoDE-official data in the reference layout, imported into a store,
 and an Anole-vocabulary Chameleon checkpoint saved with ``save_pretrained`` (no ``modality_spec``),
-through every verb: a sequence with mode and moe_lora, a 2-trial sweep and one scheduler round.
+through every verb: a sequence with mode, moe_lora and olora, a 2-trial sweep and one scheduler round.
 
 Each produces results with accuracy matrices and per-round generation scores from the default
 probe (image-token likelihood on the held-out ``laion_data-probe`` stream), and no module of the
@@ -72,15 +72,16 @@ def _probe_score(store: Store, model_uri: str, probe_stream: str) -> float:
     return probe.score(*probe.partial(model, 0, 1))
 
 
-def test_sequence_with_mode_and_moe_lora(user):
+def test_sequence_with_mode_moe_lora_and_olora(user):
     store = Store(user["store"])
     proc = _run("sequence", "--store", user["store"], "--tasks", ",".join(user["tasks"]), "--model", user["model"],
-                "--kd-stream", user["kd_stream"], "--methods", "mode,moe_lora", "--steps", "3", "--batch-size", "8",
-                "--kd-batch-size", "4", "--run", "user-seq", "--threads-per-worker", "1", tmp=user["tmp"])
+                "--kd-stream", user["kd_stream"], "--methods", "mode,moe_lora,olora", "--steps", "3",
+                "--batch-size", "8", "--kd-batch-size", "4", "--run", "user-seq", "--threads-per-worker", "1",
+                tmp=user["tmp"])
     assert "suite tasks:" in proc.stdout and "image-token likelihood of stream 'laion_data-probe'" in proc.stdout
     results = store.read_json("runs/user-seq/results.json")
     assert results["task_order"] == user["tasks"]
-    assert set(results["methods"]) == {"mode", "moe_lora"}
+    assert set(results["methods"]) == {"mode", "moe_lora", "olora"}
     for entry in results["methods"].values():
         _check_method(entry, len(user["tasks"]))
     # round 0 is the base model's score: the same number as the probe computed here on the stored base
@@ -88,6 +89,12 @@ def test_sequence_with_mode_and_moe_lora(user):
     for entry in results["methods"].values():
         assert entry["generation_scores"][0] == pytest.approx(base, abs=1e-6)
     assert store.exists("runs/user-seq/report/report.md")
+    # olora: no orthogonality term while learning the first task, a positive one on every later task
+    from cl_platform.train.ledger import Ledger
+
+    ledger = Ledger.open(store, "user-seq")
+    orth = [ledger.record("olora", r).metrics["orth_loss"] for r in range(len(user["tasks"]))]
+    assert len(orth) == len(user["tasks"]) and orth[0] == 0.0 and all(x > 0 for x in orth[1:]), orth
 
 
 def test_two_trial_sweep(user, tmp_path):

@@ -184,6 +184,7 @@ def test_sweep_settings_are_the_config_fields():
 
     assert searchable() == ["r_text", "r_image", "num_experts", "lora_alpha", "lora_dropout", "kd_weight",
                             "generation_routing",
+                            "olora_lambda",
                             "lr", "weight_decay"]
     for cls, target in ((MethodConfig, "method"), (SequenceConfig, "training")):
         for name, s in settings(cls).items():
@@ -203,6 +204,7 @@ REFUSED = {"r_text": 0, "r_image": 0, "num_experts": 0, "lora_alpha": 0.0, "lora
            "precision": "fp16", "gradient_checkpointing": 2, "teacher_mode": "gpu", "teacher_cache_limit_gb": -1.0,
            "generation_routing": "image",
            "gradient_diagnostic": 2,
+           "olora_slots": 0, "olora_lambda": -0.5,
            }
 
 
