@@ -96,6 +96,18 @@ def validate_tasks(store: Store, tasks: Sequence[str], spec: ModalitySpec) -> No
             raise ValueError(f"task {t!r} was written for modality spec {task.spec_id!r}, the model uses {spec.spec_id!r}")
 
 
+def check_method_capacity(cfg: SequenceConfig, methods: Sequence[str]) -> None:
+    """Refuse before anything trains a sequence a method cannot hold: ``olora`` learns at most
+    ``olora_slots`` tasks over its lineage (this run's tasks and the ones its --from-run chain learned)."""
+    if "olora" in methods:
+        slots = MethodConfig(**cfg.method_config).olora_slots
+        needed = cfg.lineage_round(len(cfg.tasks))
+        if needed > slots:
+            raise ValueError(f"olora: {needed} tasks ({len(cfg.earlier_tasks or [])} learned before this run + "
+                             f"{len(cfg.tasks)} in it) exceed MethodConfig.olora_slots (--olora-slots) = {slots}; "
+                             "give it at least as many slots as tasks")
+
+
 def fit_method(cfg: SequenceConfig, store: Store, *, callbacks: Optional[list] = None,
                log: Callable[[str], None] = print, verbose: bool = False) -> None:
     """One ``TorchTrainer.fit`` that walks every round of ``cfg.tasks`` with ``cfg.method``.
@@ -262,6 +274,7 @@ def run_sequence(
         if from_run is not None:  # rounds of the parent chain come first in the lineage (seeding, history)
             parent = Ledger.open(store, from_run)
             base_cfg = replace(base_cfg, earlier_tasks=parent.earlier_tasks() + list(parent.task_order) or None)
+        check_method_capacity(base_cfg, methods)
         config = {**base_cfg.to_dict(), "methods": list(methods), "from_run": from_run}
         config.pop("method", None)
         ledger = Ledger.open_or_create(store, base_cfg.run, task_order=list(base_cfg.tasks), config=config,

@@ -193,3 +193,16 @@ def test_bf16_with_gradient_checkpointing_trains_only_the_current_slot():
         # the hooks act on the recomputed backward too
         assert torch.count_nonzero(_slot(b.grad, 0, "B")) == 0 and torch.count_nonzero(_slot(b.grad, 1, "B")) > 0
 
+
+
+def test_a_sequence_longer_than_the_slots_is_refused_before_training():
+    from cl_platform.methods import MethodConfig
+    from cl_platform.train.config import SequenceConfig
+    from cl_platform.train.sequence import check_method_capacity
+
+    cfg = SequenceConfig(run="r", store="file:///tmp/none", method="olora", tasks=["a", "b"], model_uri="m",
+                         spec={}, method_config=MethodConfig(olora_slots=2).to_dict(), earlier_tasks=["x"])
+    with pytest.raises(ValueError, match=r"3 tasks \(1 learned before this run \+ 2 in it\) exceed MethodConfig.olora_slots"):
+        check_method_capacity(cfg, ["mode", "olora"])
+    check_method_capacity(cfg, ["mode"])  # other methods have no such limit
+    check_method_capacity(SequenceConfig(**{**cfg.to_dict(), "earlier_tasks": None}), ["olora"])
