@@ -291,7 +291,8 @@ class SequenceRecipe:
             assert checkpoint is not None and resume.state is checkpoint.state
             ckpt.load_adapter_weights(model, checkpoint.directory)
             s = resume.state
-            self.state = replace(s, accuracy=list(s.accuracy), generation=list(s.generation), optimizer=None)
+            self.state = replace(s, accuracy=list(s.accuracy), generation=list(s.generation), ranking=list(s.ranking),
+                                 optimizer=None)
             self._resume_optimizer = s.optimizer
             self.method.load_state_dict(self.state.method_state)
             self.log(f"resumed from Ray checkpoint at round {s.round} step {s.step}")

@@ -169,16 +169,6 @@ def test_two_ranks_sum_to_one(model):
     assert ranking_counts(model, ROWS[:1], CANDIDATES, rank=1, world=2).total == 0  # an empty shard
 
 
-def test_a_mode_wrapped_model_scores_the_same(model):
-    from cl_platform.methods import MethodConfig, get_method
-
-    wrapped = get_method("mode", MethodConfig()).build(bigram_model(), SPEC)  # B = 0: the same function
-    a = candidate_log_likelihoods(wrapped, [p for p, _ in ROWS], CANDIDATES)
-    b = candidate_log_likelihoods(model, [p for p, _ in ROWS], CANDIDATES)
-    torch.testing.assert_close(a[0], b[0], atol=1e-4, rtol=0)
-    assert torch.equal(a[1], b[1])
-
-
 def test_ties_go_to_the_first_candidate():
     scores = torch.tensor([[-1.0, -0.5, -0.5], [-2.0, -2.0, -3.0], [0.0, -1.0, 0.0], [-4.0, -4.0, -4.0]])
     assert pick_candidates(scores) == [1, 0, 0, 0]
