@@ -38,6 +38,17 @@ class AnswerAccuracy:
     predictions: list[list[int]] = field(repr=False, default_factory=list)
 
 
+def group_by_length(prompts: Sequence[Sequence[int]], caller: str) -> dict[int, list[int]]:
+    """Prompt length -> indices of the prompts of that length (input order); an empty prompt is a
+    ``ValueError`` naming ``caller`` and the prompt."""
+    groups: dict[int, list[int]] = defaultdict(list)
+    for i, p in enumerate(prompts):
+        if len(p) == 0:
+            raise ValueError(f"{caller}(prompts): prompt {i} is empty")
+        groups[len(p)].append(i)
+    return groups
+
+
 @torch.no_grad()
 def greedy_answers(
     model: torch.nn.Module,
@@ -59,11 +70,7 @@ def greedy_answers(
         raise ValueError(f"greedy_answers: {n} prompts but {len(limits)} max_new_tokens")
     model.eval()
     device = next(model.parameters()).device
-    groups: dict[int, list[int]] = defaultdict(list)
-    for i, p in enumerate(prompts):
-        if len(p) == 0:
-            raise ValueError(f"greedy_answers(prompts): prompt {i} is empty")
-        groups[len(p)].append(i)
+    groups = group_by_length(prompts, "greedy_answers")
     out: list[list[int]] = [[] for _ in range(n)]
     for length in sorted(groups):
         idx = groups[length]
@@ -126,4 +133,4 @@ def eval_rows_from_table(table) -> list[EvalRow]:
     return list(zip(table.column("prompt_tokens").to_pylist(), table.column("answer_tokens").to_pylist()))
 
 
-__all__ = ["AnswerAccuracy", "EvalRow", "answer_accuracy", "eval_rows_from_table", "greedy_answers"]
+__all__ = ["AnswerAccuracy", "EvalRow", "answer_accuracy", "eval_rows_from_table", "greedy_answers", "group_by_length"]

@@ -9,6 +9,11 @@ Inputs:
   any round, ``G[i + 1]`` the score after round ``i``.
 - ``b``, the **base accuracy**, ``T`` values: ``b[j]`` is the base model's (zero-shot) accuracy
   on task ``j`` before any round.
+- ``Rk``, the **ranking matrix**, ``T x T`` like ``R`` but of candidate-ranking accuracy
+  (:mod:`cl_platform.eval.ranking`); a task without a closed answer set has ``None`` in every
+  row of its column. :func:`ranking_summary` computes avg accuracy, forgetting and BWT over the
+  tasks that have one (the ``tasks`` argument of :func:`avg_accuracy`, :func:`avg_forgetting`
+  and :func:`bwt`), and ``None`` for each when no task has one.
 
 Accuracies and scores are fractions in ``[0, 1]`` in this project, but nothing here depends on
 the scale: every metric is in the units of its input. With ``T = 1`` there is no earlier task to
@@ -22,13 +27,15 @@ floats), so the results serialise to JSON as they are.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike
 
 #: The scalar metrics :func:`summarize` computes, in report order.
 METRIC_NAMES: tuple[str, ...] = ("avg_accuracy", "avg_forgetting", "bwt", "fwt", "generation_drop")
+#: The scalar metrics :func:`ranking_summary` computes from the ranking matrix, in report order.
+RANKING_METRIC_NAMES: tuple[str, ...] = ("ranking_avg_accuracy", "ranking_forgetting", "ranking_bwt")
 
 
 # ------------------------------------------------------------------------------------ checks
@@ -50,8 +57,12 @@ def _as_float_array(x: ArrayLike, what: str) -> np.ndarray:
     return arr
 
 
-def check_accuracy_matrix(R: ArrayLike) -> np.ndarray:
-    """``R`` as a float ``T x T`` array (``T >= 1``, all finite); ``ValueError`` otherwise."""
+def check_accuracy_matrix(R: ArrayLike, tasks: Sequence[int] | None = None) -> np.ndarray:
+    """``R`` as a float ``T x T`` array (``T >= 1``, all finite); ``ValueError`` otherwise.
+
+    With ``tasks`` (column indices) only those columns must be finite (the others may hold
+    ``None``, read as NaN).
+    """
     what = "accuracy matrix R"
     arr = _as_float_array(R, what)
     if arr.ndim != 2:
@@ -64,7 +75,15 @@ def check_accuracy_matrix(R: ArrayLike) -> np.ndarray:
             f"{what}: not square, shape {arr.shape} ({rows} rounds x {cols} tasks); "
             "every round trains one task and evaluates every task, so R must be T x T"
         )
-    _finite(arr, what)
+    if tasks is None:
+        _finite(arr, what)
+        return arr
+    chosen = list(tasks)
+    bad = [j for j in chosen if isinstance(j, (bool, np.bool_)) or not isinstance(j, (int, np.integer)) or not 0 <= j < cols]
+    if bad or len(set(chosen)) != len(chosen):
+        raise ValueError(f"tasks: {chosen} must be distinct task indices in 0..{cols - 1}")
+    for j in chosen:
+        _finite(arr[:, j], f"{what} column {j}")
     return arr
 
 
@@ -93,13 +112,23 @@ def _check_generation_scores(G: ArrayLike, num_tasks: int | None = None) -> np.n
 # ------------------------------------------------------------------------------------ metrics
 
 
-def avg_accuracy(R: ArrayLike) -> float:
-    """Final average accuracy: ``mean_j R[T-1][j]``, the mean of the last row."""
-    arr = check_accuracy_matrix(R)
-    return float(arr[-1].mean())
+def _columns(arr: np.ndarray, tasks: Sequence[int] | None) -> list[int]:
+    return list(range(arr.shape[1])) if tasks is None else [int(j) for j in tasks]
 
 
-def avg_forgetting(R: ArrayLike) -> float:
+def avg_accuracy(R: ArrayLike, tasks: Sequence[int] | None = None) -> float:
+    """Final average accuracy: ``mean_j R[T-1][j]``, the mean of the last row.
+
+    ``tasks``: the columns averaged (``None``: all; at least one).
+    """
+    arr = check_accuracy_matrix(R, tasks)
+    cols = _columns(arr, tasks)
+    if not cols:
+        raise ValueError("tasks: empty; average accuracy needs at least one task")
+    return float(arr[-1, cols].mean())
+
+
+def avg_forgetting(R: ArrayLike, tasks: Sequence[int] | None = None) -> float:
     """Average forgetting (Chaudhry et al. 2018, "Riemannian Walk"), over the tasks before the last.
 
     ``F = 1/(T-1) * sum_{j=0}^{T-2} ( max_{i in [j, T-2]} R[i][j]  -  R[T-1][j] )``
@@ -109,28 +138,35 @@ def avg_forgetting(R: ArrayLike) -> float:
     ``j`` was trained are not counted (their accuracy is zero-shot, not something learned and then
     lost). Not clipped at zero: a task that ends above its best earlier value contributes a
     negative amount. ``0.0`` for ``T = 1``.
+
+    ``tasks``: the columns ``j`` averaged over (``None``: all); ``0.0`` when none of them comes
+    before the last round.
     """
-    arr = check_accuracy_matrix(R)
+    arr = check_accuracy_matrix(R, tasks)
     T = arr.shape[0]
-    if T == 1:
+    earlier = [j for j in _columns(arr, tasks) if j < T - 1]
+    if not earlier:
         return 0.0
-    per_task = [arr[j : T - 1, j].max() - arr[T - 1, j] for j in range(T - 1)]
+    per_task = [arr[j : T - 1, j].max() - arr[T - 1, j] for j in earlier]
     return float(np.mean(per_task))
 
 
-def bwt(R: ArrayLike) -> float:
+def bwt(R: ArrayLike, tasks: Sequence[int] | None = None) -> float:
     """Backward transfer (Lopez-Paz and Ranzato 2017, GEM).
 
     ``BWT = 1/(T-1) * sum_{j=0}^{T-2} ( R[T-1][j] - R[j][j] )``
 
     Final accuracy on each earlier task minus its accuracy right after the round that trained it;
     negative means forgetting. ``0.0`` for ``T = 1``.
+
+    ``tasks``: the columns ``j`` averaged over (``None``: all); ``0.0`` when none of them comes
+    before the last round.
     """
-    arr = check_accuracy_matrix(R)
+    arr = check_accuracy_matrix(R, tasks)
     T = arr.shape[0]
-    if T == 1:
+    idx = np.array([j for j in _columns(arr, tasks) if j < T - 1], dtype=np.int64)
+    if idx.size == 0:
         return 0.0
-    idx = np.arange(T - 1)
     return float(np.mean(arr[T - 1, idx] - arr[idx, idx]))
 
 
@@ -188,14 +224,52 @@ def summarize(R: ArrayLike, G: ArrayLike, base_acc: ArrayLike) -> dict[str, Any]
     }
 
 
+def closed_tasks(Rk: ArrayLike) -> list[int]:
+    """The columns of a ranking matrix that hold numbers (tasks with a closed answer set).
+
+    A column is either all ``None`` (the task has no closed set) or all finite numbers;
+    ``ValueError`` naming the column otherwise, or when ``Rk`` is not ``T x T``.
+    """
+    what = "ranking matrix Rk"
+    arr = _as_float_array(Rk, what)
+    if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[0] != arr.shape[1]:
+        raise ValueError(f"{what}: expected a T x T matrix (T >= 1), got shape {arr.shape}")
+    missing = np.isnan(arr)
+    closed = []
+    for j in range(arr.shape[1]):
+        if missing[:, j].all():
+            continue
+        if missing[:, j].any():
+            raise ValueError(f"{what}: column {j} mixes None and numbers; a task has a closed answer set in every "
+                             "round or in none")
+        _finite(arr[:, j], f"{what} column {j}")
+        closed.append(j)
+    return closed
+
+
+def ranking_summary(Rk: ArrayLike) -> dict[str, float | None]:
+    """``ranking_avg_accuracy``, ``ranking_forgetting`` and ``ranking_bwt``: :func:`avg_accuracy`,
+    :func:`avg_forgetting` and :func:`bwt` of the ranking matrix over :func:`closed_tasks`; all
+    ``None`` when no task has a closed answer set."""
+    tasks = closed_tasks(Rk)
+    if not tasks:
+        return dict.fromkeys(RANKING_METRIC_NAMES)
+    arr = _as_float_array(Rk, "ranking matrix Rk")
+    return {"ranking_avg_accuracy": avg_accuracy(arr, tasks), "ranking_forgetting": avg_forgetting(arr, tasks),
+            "ranking_bwt": bwt(arr, tasks)}
+
+
 __all__ = [
     "METRIC_NAMES",
+    "RANKING_METRIC_NAMES",
     "avg_accuracy",
     "avg_forgetting",
     "bwt",
     "check_accuracy_matrix",
     "check_vector",
+    "closed_tasks",
     "fwt",
     "generation_drop",
+    "ranking_summary",
     "summarize",
 ]

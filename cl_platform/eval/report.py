@@ -12,22 +12,31 @@
           "accuracy_matrix": [[...T...], ...T rows...],   # R[i][j]: accuracy on task j after round i
           "generation_scores": [...T + 1...],             # base model's score first, then one per round
           "base_accuracy": [...T...],                     # the base model's accuracy on each task
-          "metrics": {"avg_accuracy", "avg_forgetting", "bwt", "fwt", "generation_drop"},
+          "ranking_matrix": [[...T...], ...T rows...],    # optional: candidate-ranking accuracy, like
+                                                          #   accuracy_matrix; null in a task's column
+                                                          #   when it has no closed answer set
+          "base_ranking_accuracy": [...T...],             # with ranking_matrix: the base model's (null
+                                                          #   where the column is null)
+          "metrics": {"avg_accuracy", "avg_forgetting", "bwt", "fwt", "generation_drop",
+                      # with ranking_matrix, over the tasks with a closed answer set (null if none):
+                      "ranking_avg_accuracy", "ranking_forgetting", "ranking_bwt"},
           "rounds": [{...}, ...]                          # optional per-round details (JSON objects)
         }, ...
       }
     }
 
 Accuracies and generation scores are fractions in ``[0, 1]``; the metrics are those of
-:mod:`cl_platform.eval.metrics` and are always recomputed from the three arrays (by
-:func:`build_results`, and checked against them by :func:`validate_results`). Reports show
+:mod:`cl_platform.eval.metrics` and are always recomputed from the arrays (by
+:func:`build_results`, and checked against them by :func:`validate_results`). A method entry
+without ``ranking_matrix`` (a run recorded before ranking) is valid and has no ranking metrics. Reports show
 everything in percent: accuracies and scores as %, forgetting, BWT, FWT and generation drop as
 percentage points.
 
 The report (``<run>/report/``): ``report.md`` with the method comparison, the generation scores
 across rounds, every method's accuracy matrix and the config, next to the PNG plots it links by
-relative path: ``method_comparison.png``, ``generation_scores.png`` and one
-``accuracy_matrix_<method>.png`` per method; when rounds hold the gradient-conflict diagnostic
+relative path: ``method_comparison.png``, ``generation_scores.png``, one
+``accuracy_matrix_<method>.png`` per method and one ``ranking_matrix_<method>.png`` per method
+with a ranking matrix (the same heatmap); when rounds hold the gradient-conflict diagnostic
 (``rounds[i].gradient_conflict``, :mod:`cl_platform.train.gradients`), a table of it and
 ``gradient_conflict.png``. Plots are drawn on matplotlib ``Figure`` objects with
 the Agg canvas (no pyplot, no display, no global state).
@@ -48,7 +57,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from numpy.typing import ArrayLike
 
-from cl_platform.eval.metrics import METRIC_NAMES, summarize
+from cl_platform.eval.metrics import METRIC_NAMES, RANKING_METRIC_NAMES, closed_tasks, ranking_summary, summarize
 from cl_platform.store import join
 
 #: Version of the ``results.json`` layout written by this module.
@@ -62,7 +71,8 @@ REPORT_FILE = "report.md"
 
 _TOP_KEYS = ("schema_version", "run", "task_order", "config", "methods")
 _METHOD_KEYS = ("accuracy_matrix", "generation_scores", "base_accuracy", "metrics")
-_OPTIONAL_METHOD_KEYS = ("rounds",)
+_RANKING_KEYS = ("ranking_matrix", "base_ranking_accuracy")
+_OPTIONAL_METHOD_KEYS = ("rounds", *_RANKING_KEYS)
 _METRIC_TOLERANCE = 1e-9
 
 
@@ -88,22 +98,32 @@ def method_entry(
     generation_scores: ArrayLike,
     base_accuracy: ArrayLike,
     rounds: Sequence[Mapping[str, Any]] | None = None,
+    ranking_matrix: Sequence[Sequence[float | None]] | None = None,
+    base_ranking_accuracy: Sequence[float | None] | None = None,
 ) -> dict[str, Any]:
     """One method's entry of ``results["methods"]``, with its metrics computed.
 
-    Arrays become lists of Python floats; ``rounds`` (if given) is copied through JSON. Shapes
-    and values are checked by :func:`build_results` / :func:`validate_results`.
+    Arrays become lists of Python floats (``None`` stays ``None`` in the ranking arrays);
+    ``rounds`` (if given) is copied through JSON. ``ranking_matrix`` and ``base_ranking_accuracy``
+    come together or not at all. Shapes and values are checked by :func:`build_results` /
+    :func:`validate_results`.
     """
+    if (ranking_matrix is None) != (base_ranking_accuracy is None):
+        raise ResultsError("ranking_matrix and base_ranking_accuracy: give both or neither")
     try:
         summary = summarize(accuracy_matrix, generation_scores, base_accuracy)
+        ranking = ranking_summary(ranking_matrix) if ranking_matrix is not None else {}
     except ValueError as exc:
         raise ResultsError(str(exc)) from None
     entry: dict[str, Any] = {
         "accuracy_matrix": np.asarray(accuracy_matrix, dtype=np.float64).tolist(),
         "generation_scores": summary["generation_scores"],
         "base_accuracy": np.asarray(base_accuracy, dtype=np.float64).tolist(),
-        "metrics": {name: summary[name] for name in METRIC_NAMES},
+        "metrics": {**{name: summary[name] for name in METRIC_NAMES}, **ranking},
     }
+    if ranking_matrix is not None:
+        entry["ranking_matrix"] = [_optional_floats(row) for row in ranking_matrix]
+        entry["base_ranking_accuracy"] = _optional_floats(base_ranking_accuracy)
     if rounds is not None:
         entry["rounds"] = _json_copy(list(rounds), "rounds")
     return entry
@@ -144,7 +164,8 @@ def build_results(
             raise ResultsError(f"{where}: unknown keys {unknown}; allowed: {list(_METHOD_KEYS + _OPTIONAL_METHOD_KEYS)}")
         try:
             built[name] = method_entry(
-                given["accuracy_matrix"], given["generation_scores"], given["base_accuracy"], given.get("rounds")
+                given["accuracy_matrix"], given["generation_scores"], given["base_accuracy"], given.get("rounds"),
+                given.get("ranking_matrix"), given.get("base_ranking_accuracy"),
             )
         except ResultsError as exc:
             raise ResultsError(f"{where}: {exc}") from None
@@ -234,22 +255,32 @@ def _validate_method(entry: Any, T: int, where: str) -> None:
     _check_fractions(entry["generation_scores"], T + 1, f"{where}.generation_scores", f"base first, then one per round: T + 1 = {T + 1}")
     _check_fractions(entry["base_accuracy"], T, f"{where}.base_accuracy", f"the base model's accuracy on each task, T = {T}")
 
+    ranked = [k for k in _RANKING_KEYS if k in entry]
+    if len(ranked) == 1:
+        raise ResultsError(f"{where}: {ranked[0]} without {[k for k in _RANKING_KEYS if k not in entry][0]}; "
+                           "the ranking arrays come together")
+    names = METRIC_NAMES + (RANKING_METRIC_NAMES if ranked else ())
+    expected = summarize(matrix, entry["generation_scores"], entry["base_accuracy"])
+    if ranked:
+        expected.update(_validate_ranking(entry, T, where))
+
     metrics = entry["metrics"]
     if not isinstance(metrics, Mapping):
         raise ResultsError(f"{where}.metrics: expected a JSON object, got {type(metrics).__name__}")
-    missing = [k for k in METRIC_NAMES if k not in metrics]
-    unknown = sorted(set(metrics) - set(METRIC_NAMES))
+    missing = [k for k in names if k not in metrics]
+    unknown = sorted(set(metrics) - set(names))
     if missing or unknown:
-        raise ResultsError(f"{where}.metrics: expected exactly {list(METRIC_NAMES)}; missing {missing}, unknown {unknown}")
-    expected = summarize(matrix, entry["generation_scores"], entry["base_accuracy"])
-    for key in METRIC_NAMES:
+        raise ResultsError(f"{where}.metrics: expected exactly {list(names)}; missing {missing}, unknown {unknown}")
+    for key in names:
         value = metrics[key]
+        if value is None and expected[key] is None:  # a ranking metric without any closed answer set
+            continue
         if not _is_number(value) or not math.isfinite(value):
             raise ResultsError(f"{where}.metrics.{key}: expected a finite number, got {value!r}")
-        if abs(value - expected[key]) > _METRIC_TOLERANCE:
+        if expected[key] is None or abs(value - expected[key]) > _METRIC_TOLERANCE:
             raise ResultsError(
                 f"{where}.metrics.{key}: {value!r} does not match {expected[key]!r} computed from the "
-                "accuracy matrix, generation scores and base accuracy"
+                "accuracy (or ranking) matrix, generation scores and base accuracy"
             )
 
     if "rounds" in entry:
@@ -262,16 +293,43 @@ def _validate_method(entry: Any, T: int, where: str) -> None:
         _check_json(rounds, f"{where}.rounds")
 
 
+def _validate_ranking(entry: Mapping[str, Any], T: int, where: str) -> dict[str, Any]:
+    """Check the ranking arrays; their metrics (:func:`ranking_summary`)."""
+    matrix, base = entry["ranking_matrix"], entry["base_ranking_accuracy"]
+    if not isinstance(matrix, (list, tuple)) or len(matrix) != T:
+        got = f"{len(matrix)} rows" if isinstance(matrix, (list, tuple)) else type(matrix).__name__
+        raise ResultsError(f"{where}.ranking_matrix: expected {T} rows (one per round, T = {T} tasks), got {got}")
+    for i, row in enumerate(matrix):
+        _check_fractions(row, T, f"{where}.ranking_matrix[{i}]", f"one per task or null, T = {T}", optional=True)
+    _check_fractions(base, T, f"{where}.base_ranking_accuracy", f"one per task or null, T = {T}", optional=True)
+    try:
+        closed = set(closed_tasks(matrix))
+    except ValueError as exc:
+        raise ResultsError(f"{where}.ranking_matrix: {exc}") from None
+    for j, v in enumerate(base):
+        if (v is None) != (j not in closed):
+            raise ResultsError(f"{where}.base_ranking_accuracy[{j}]: {v!r}, but the ranking matrix's column {j} is "
+                               + ("numbers" if j in closed else "null") + "; null exactly where the column is null")
+    return ranking_summary(matrix)
+
+
+def _optional_floats(values: Sequence[float | None]) -> list[float | None]:
+    return [None if v is None else float(v) for v in values]
+
+
 def _is_number(x: Any) -> bool:
     return isinstance(x, numbers.Real) and not isinstance(x, (bool, np.bool_))
 
 
-def _check_fractions(values: Any, length: int, where: str, meaning: str) -> None:
+def _check_fractions(values: Any, length: int, where: str, meaning: str, *, optional: bool = False) -> None:
+    """A list of ``length`` fractions in ``[0, 1]`` (or ``None`` where ``optional``)."""
     if not isinstance(values, (list, tuple)):
         raise ResultsError(f"{where}: expected a list of {length} numbers ({meaning}), got {type(values).__name__}")
     if len(values) != length:
         raise ResultsError(f"{where}: expected {length} values ({meaning}), got {len(values)}")
     for k, v in enumerate(values):
+        if optional and v is None:
+            continue
         if not _is_number(v):
             raise ResultsError(f"{where}[{k}]: expected a number, got {v!r}")
         if not (0.0 <= v <= 1.0):  # also rejects NaN
@@ -316,6 +374,10 @@ def read_results(store: JsonStore, run_prefix: str) -> dict[str, Any]:
 
 def _pct(x: float) -> str:
     return f"{round(100.0 * x, 1) + 0.0:.1f}"  # + 0.0 turns -0.0 into 0.0
+
+
+def _pct_or_dash(x: float | None) -> str:
+    return "-" if x is None else _pct(x)
 
 
 def _signed(x: float) -> str:
@@ -383,25 +445,31 @@ class ReportImages:
         comparison: the grouped bar chart comparing methods.
         generation: generation score across rounds, all methods.
         heatmaps: method name -> its accuracy-matrix heatmap.
+        ranking_heatmaps: method name -> its ranking-matrix heatmap (methods with a ranking matrix).
     """
 
     comparison: str = "method_comparison.png"
     generation: str = "generation_scores.png"
     heatmaps: dict[str, str] = field(default_factory=dict)
+    ranking_heatmaps: dict[str, str] = field(default_factory=dict)
 
 
 def report_images(results: Mapping[str, Any]) -> ReportImages:
-    """The plot file names for ``results``: fixed names plus one safe, distinct heatmap name per method."""
+    """The plot file names for ``results``: fixed names plus one safe, distinct heatmap name per method
+    (and per method with a ranking matrix, its ranking heatmap)."""
     heatmaps: dict[str, str] = {}
+    ranking: dict[str, str] = {}
     used: set[str] = set()
-    for name in results["methods"]:
+    for name, entry in results["methods"].items():
         slug = re.sub(r"[^a-z0-9_-]+", "-", str(name).lower()).strip("-") or "method"
         candidate, k = slug, 2
         while candidate in used:
             candidate, k = f"{slug}-{k}", k + 1
         used.add(candidate)
         heatmaps[name] = f"accuracy_matrix_{candidate}.png"
-    return ReportImages(heatmaps=heatmaps)
+        if "ranking_matrix" in entry:
+            ranking[name] = f"ranking_matrix_{candidate}.png"
+    return ReportImages(heatmaps=heatmaps, ranking_heatmaps=ranking)
 
 
 def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -412,8 +480,19 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]
     return out
 
 
+def _matrix_table(order: Sequence[str], base: Sequence[float | None], matrix: Sequence[Sequence[float | None]]) -> list[str]:
+    """A matrix as a markdown table in % (``-`` for ``None``): the *base* row, then one row per round
+    with the cell of the task it trained in bold; a blank line after."""
+    body = [["*base*", *(_pct_or_dash(v) for v in base)]]
+    for i, label in enumerate(_round_labels(order)):
+        cells = [_pct_or_dash(v) for v in matrix[i]]
+        cells[i] = f"**{cells[i]}**"
+        body.append([_md(label), *cells])
+    return [*_md_table(["after round", *order], body), ""]
+
+
 def render_markdown(results: Mapping[str, Any], images: ReportImages | None = None) -> str:
-    """The markdown report: comparison table, generation scores, accuracy matrices, task order, config.
+    """The markdown report: comparison table, generation scores, accuracy (and ranking) matrices, task order, config.
 
     ``images`` (file names relative to the markdown file, as from :func:`report_images`) adds the
     plots; without it the report has tables only.
@@ -462,16 +541,29 @@ def render_markdown(results: Mapping[str, Any], images: ReportImages | None = No
     ]
     for name, entry in methods.items():
         lines += [f"### {_md(name)}", ""]
-        header = ["after round", *order]
-        body = [["*base*", *(_pct(v) for v in entry["base_accuracy"])]]
-        for i, label in enumerate(_round_labels(order)):
-            cells = [_pct(v) for v in entry["accuracy_matrix"][i]]
-            cells[i] = f"**{cells[i]}**"
-            body.append([_md(label), *cells])
-        lines += _md_table(header, body)
-        lines += [""]
+        lines += _matrix_table(order, entry["base_accuracy"], entry["accuracy_matrix"])
         if images is not None and name in images.heatmaps:
             lines += [f"![accuracy matrix of {_md(name)}]({images.heatmaps[name]})", ""]
+
+    ranked = {name: entry for name, entry in methods.items() if "ranking_matrix" in entry}
+    if ranked:
+        lines += ["## Ranking accuracy matrices", ""]
+        lines += [
+            "Candidate-ranking accuracy: a row counts when, among the task's allowed answers (the distinct "
+            "answers of its train and eval splits), the model gives its own answer the highest total "
+            "log-likelihood. *-*: the task has too many distinct answers for a closed set; the ranking "
+            "metrics are over the tasks that have one.",
+            "",
+        ]
+    for name, entry in ranked.items():
+        m = entry["metrics"]
+        lines += [f"### {_md(name)}", ""]
+        if m["ranking_avg_accuracy"] is not None:
+            lines += [f"ranking avg accuracy {_pct(m['ranking_avg_accuracy'])}, ranking forgetting "
+                      f"{_pct(m['ranking_forgetting'])}, ranking BWT {_signed(m['ranking_bwt'])}", ""]
+        lines += _matrix_table(order, entry["base_ranking_accuracy"], entry["ranking_matrix"])
+        if images is not None and name in images.ranking_heatmaps:
+            lines += [f"![ranking accuracy matrix of {_md(name)}]({images.ranking_heatmaps[name]})", ""]
 
     lines += gradient_conflict_section(results, with_plot=images is not None)
     lines += ["## Config", ""]
@@ -493,17 +585,29 @@ def _png(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
-def plot_accuracy_matrix(results: Mapping[str, Any], method: str) -> bytes:
-    """PNG heatmap of ``method``'s accuracy matrix: tasks on x, rounds on y, values annotated in %.
+#: The matrices :func:`plot_accuracy_matrix` draws: results key -> (title, colour-bar label).
+MATRIX_PLOTS: dict[str, tuple[str, str]] = {
+    "accuracy_matrix": ("accuracy matrix", "accuracy (%)"),
+    "ranking_matrix": ("ranking accuracy matrix", "ranking accuracy (%)"),
+}
+
+
+def plot_accuracy_matrix(results: Mapping[str, Any], method: str, matrix: str = "accuracy_matrix") -> bytes:
+    """PNG heatmap of ``method``'s accuracy matrix (or another of :data:`MATRIX_PLOTS`, e.g. its
+    ``ranking_matrix``): tasks on x, rounds on y, values annotated in % (``-`` and no colour for a
+    ``None`` cell).
 
     The cell of the task each round trained (the diagonal) is outlined.
     """
     validate_results(results)
     if method not in results["methods"]:
         raise KeyError(f"method {method!r} is not in the results; have {list(results['methods'])}")
+    if matrix not in MATRIX_PLOTS or matrix not in results["methods"][method]:
+        raise KeyError(f"method {method!r} has no {matrix!r} to plot; plots: {list(MATRIX_PLOTS)}")
+    title, label = MATRIX_PLOTS[matrix]
     order = list(results["task_order"])
     T = len(order)
-    R = 100.0 * np.asarray(results["methods"][method]["accuracy_matrix"], dtype=np.float64)
+    R = 100.0 * np.asarray(results["methods"][method][matrix], dtype=np.float64)  # None -> NaN
 
     fig = Figure(figsize=(max(4.0, 1.6 + 0.9 * T), max(3.2, 1.2 + 0.7 * T)))
     ax = fig.add_subplot()
@@ -511,15 +615,15 @@ def plot_accuracy_matrix(results: Mapping[str, Any], method: str) -> bytes:
     size = max(6, 11 - T // 3)
     for i in range(T):
         for j in range(T):
-            ax.text(j, i, f"{R[i, j]:.1f}", ha="center", va="center", fontsize=size,
-                    color="white" if R[i, j] < 55.0 else "black")
+            ax.text(j, i, "-" if np.isnan(R[i, j]) else f"{R[i, j]:.1f}", ha="center", va="center", fontsize=size,
+                    color="black" if np.isnan(R[i, j]) or R[i, j] >= 55.0 else "white")
         ax.add_patch(_cell_outline(i))
     ax.set_xticks(range(T), order, rotation=30 if T > 3 else 0, ha="right" if T > 3 else "center")
     ax.set_yticks(range(T), _round_labels(order))
     ax.set_xlabel("task evaluated")
     ax.set_ylabel("after round")
-    ax.set_title(f"accuracy matrix: {method}")
-    fig.colorbar(im, ax=ax, label="accuracy (%)")
+    ax.set_title(f"{title}: {method}")
+    fig.colorbar(im, ax=ax, label=label)
     return _png(fig)
 
 
@@ -669,6 +773,8 @@ def write_report(store: JsonStore, run_prefix: str, results: Mapping[str, Any]) 
     plots += [(images.heatmaps[name], plot_accuracy_matrix(results, name)) for name in results["methods"]]
     if gradient_conflicts(results):
         plots.append((GRADIENT_CONFLICT_PLOT, plot_gradient_conflict(results)))
+    plots += [(file_name, plot_accuracy_matrix(results, name, "ranking_matrix"))
+              for name, file_name in images.ranking_heatmaps.items()]
     for file_name, data in plots:
         path = join(directory, file_name)
         store.write_bytes(path, data)
@@ -682,6 +788,7 @@ __all__ = [
     "COMPARISON_METRICS",
     "GRADIENT_CONFLICT_PLOT",
     "JsonStore",
+    "MATRIX_PLOTS",
     "REPORT_DIR",
     "REPORT_FILE",
     "RESULTS_FILE",

@@ -59,6 +59,10 @@ class SequenceConfig:
                                     help="also checkpoint every N steps inside a round (0: round ends only)")
     eval_batch_size: int = setting(64, ge=1, group="training", sweep="fixed",
                                    help="prompts per generate call during evaluation")
+    ranking_max_candidates: int = setting(32, ge=0, group="training", sweep="fixed",
+                                          help="a task whose train and eval splits have at most this many distinct "
+                                               "answers has a closed answer set and also gets a candidate-ranking "
+                                               "accuracy after every round (its most likely allowed answer); 0: none")
     seed: int = setting(0, ge=0, group="training", sweep="fixed",
                         help="seed of data order, adapter initialisation and sampling")
     precision: str = setting("fp32", choices=PRECISIONS, group="training", sweep="fixed",

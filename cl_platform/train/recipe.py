@@ -11,7 +11,8 @@ Phases (:meth:`SequenceRecipe.run` calls them in turn):
   method's loss terms, e.g. KD on the paired KD stream batch with cached teacher targets; the
   forwards under :func:`autocast` in bf16, the losses in float32),
   progress lines and mid-round Ray checkpoints every ``checkpoint_every`` steps;
-- :meth:`~SequenceRecipe.evaluate_round`: every task and image generation;
+- :meth:`~SequenceRecipe.evaluate_round`: every task (exact match, and candidate ranking where the
+  task has a closed answer set) and image generation;
 - :meth:`~SequenceRecipe.save_checkpoint`: the adapter written to the store and the round
   recorded in the ledger, then :meth:`~SequenceRecipe.report`, the Ray checkpoint with the state.
 """
@@ -35,7 +36,7 @@ from cl_platform.models.modality import ModalitySpec
 from cl_platform.train import checkpoint as ckpt
 from cl_platform.train.batches import answer_loss
 from cl_platform.train.config import SequenceConfig
-from cl_platform.train.evaluation import EvalSet, evaluate
+from cl_platform.train.evaluation import EvalScores, EvalSet, evaluate
 from cl_platform.train.ledger import Ledger
 from cl_platform.train.state import Resume, Start, TrainState, decide_resume
 
@@ -57,9 +58,18 @@ def progress_logger(method: str) -> Callable[[str], None]:
     return log
 
 
-def scores_line(label: str, accs: list[float], gen: Optional[float], seconds: float) -> str:
-    """``<label>: accuracy 0.50 0.10 | generation 0.321 (1.2s)`` (no generation part without a probe)."""
-    return (f"{label}: accuracy {' '.join(f'{a:.2f}' for a in accs)}"
+def ranking_text(ranking: list[Optional[float]]) -> str:
+    """`` | ranking 0.50 - 0.90`` (``-``: a task without a closed answer set); empty when no task has one."""
+    if all(r is None for r in ranking):
+        return ""
+    return " | ranking " + " ".join("-" if r is None else f"{r:.2f}" for r in ranking)
+
+
+def scores_line(label: str, scores: EvalScores, seconds: float) -> str:
+    """``<label>: accuracy 0.50 0.10 | ranking 0.75 0.40 | generation 0.321 (1.2s)`` (no ranking part
+    without a closed answer set, no generation part without a probe)."""
+    gen = scores.generation
+    return (f"{label}: accuracy {' '.join(f'{a:.2f}' for a in scores.accuracy)}" + ranking_text(scores.ranking)
             + (f" | generation {gen:.3f}" if gen is not None else "") + f" ({seconds:.1f}s)")
 
 
@@ -253,13 +263,14 @@ class SequenceRecipe:
             if cfg.from_checkpoint:  # the starting point is another run's adapter: score that
                 t0 = time.time()
                 with torch.no_grad(), self.autocast():
-                    accs, gen = evaluate(self.inner, self.eval_set, self.rank, self.world)
-                self.log(scores_line("start", accs, gen, time.time() - t0))
+                    scores = evaluate(self.inner, self.eval_set, self.rank, self.world)
+                self.log(scores_line("start", scores, time.time() - t0))
             else:
                 with self.autocast():
-                    accs, gen = fit.base_scores(lambda: load_model(cfg.model_uri, dtype=dtype).to(self.device),
-                                                self.log)
-            self.state.base_accuracy, self.state.generation = list(accs), [gen]
+                    scores = fit.base_scores(lambda: load_model(cfg.model_uri, dtype=dtype).to(self.device),
+                                             self.log)
+            self.state.base_accuracy, self.state.generation = list(scores.accuracy), [scores.generation]
+            self.state.base_ranking = list(scores.ranking)
 
         self.teacher, self.kd_iter = None, None  # kd_iter: made per round (train_round)
         if self.method.needs_teacher and cfg.kd_stream:  # cached (a store path) or online (None)
@@ -280,7 +291,8 @@ class SequenceRecipe:
             assert checkpoint is not None and resume.state is checkpoint.state
             ckpt.load_adapter_weights(model, checkpoint.directory)
             s = resume.state
-            self.state = replace(s, accuracy=list(s.accuracy), generation=list(s.generation), optimizer=None)
+            self.state = replace(s, accuracy=list(s.accuracy), generation=list(s.generation), ranking=list(s.ranking),
+                                 optimizer=None)
             self._resume_optimizer = s.optimizer
             self.method.load_state_dict(self.state.method_state)
             self.log(f"resumed from Ray checkpoint at round {s.round} step {s.step}")
@@ -373,11 +385,14 @@ class SequenceRecipe:
         cfg, task = self.cfg, self.cfg.tasks[r]
         t1 = time.time()
         with torch.no_grad(), self.autocast():
-            accs, gen = evaluate(self.inner, self.eval_set, self.rank, self.world)
+            scores = evaluate(self.inner, self.eval_set, self.rank, self.world)
         eval_s = time.time() - t1
+        accs, gen = scores.accuracy, scores.generation
         self.state.accuracy.append(accs)
         self.state.generation.append(gen)
+        self.state.ranking.append(scores.ranking)
         metrics = {"round": r, "task": task, "accuracy": accs, "generation_score": gen, "loss": result.loss,
+                   "ranking_accuracy": scores.ranking, "base_ranking_accuracy": self.state.base_ranking,
                    "train_seconds": result.seconds, "eval_seconds": eval_s,
                    "base_eval_seconds": self.fit.take_base_eval_seconds(),
                    **{f"{k}_loss": v for k, v in result.terms.items()}}
@@ -387,7 +402,7 @@ class SequenceRecipe:
             metrics["gradient_conflict"] = round_gradient_conflict(
                 self.inner, self.fit.store, self.fit.spec, task, cfg.kd_stream, cfg.seed, autocast=self.autocast)
         self.log(f"round {r + 1} '{task}' done in {result.seconds:.1f}s (+{eval_s:.1f}s eval): accuracy "
-                 + " ".join(f"{t}={a:.2f}" for t, a in zip(cfg.tasks, accs))
+                 + " ".join(f"{t}={a:.2f}" for t, a in zip(cfg.tasks, accs)) + ranking_text(scores.ranking)
                  + (f" | generation {gen:.3f}" if gen is not None else ""))
         return metrics
 

@@ -181,7 +181,8 @@ def fit_methods(cfgs: Sequence[SequenceConfig], store: Store, *, callbacks: Opti
 
 
 def method_results(ledger: Ledger, method: str, num_tasks: int) -> dict[str, Any]:
-    """Accuracy matrix, generation scores and base accuracy of a finished method, from the ledger."""
+    """Accuracy matrix, generation scores and base accuracy of a finished method, from the ledger, and
+    its ranking matrix and base ranking accuracy when every round recorded them."""
     from cl_platform.train.worker import progress_from_ledger
 
     done = ledger.done_rounds(method)
@@ -189,7 +190,9 @@ def method_results(ledger: Ledger, method: str, num_tasks: int) -> dict[str, Any
         raise RuntimeError(f"method {method!r}: rounds done {sorted(done)}, expected 0..{num_tasks - 1}")
     p = progress_from_ledger(ledger, method, num_tasks - 1)
     rounds = [ledger.record(method, r) for r in range(num_tasks)]
-    return {"accuracy_matrix": p["R"], "generation_scores": p["G"], "base_accuracy": p["base_acc"],
+    ranking = ({"ranking_matrix": p["Rk"], "base_ranking_accuracy": p["base_rk"]}
+               if "Rk" in p and p["base_rk"] is not None else {})
+    return {"accuracy_matrix": p["R"], "generation_scores": p["G"], "base_accuracy": p["base_acc"], **ranking,
             "rounds": [{"round": rec.round, "task": rec.task, "attempt": rec.attempt, "checkpoint": rec.checkpoint,
                         "started_at": rec.started_at, "ended_at": rec.ended_at,
                         "train_seconds": rec.metrics.get("train_seconds"), "eval_seconds": rec.metrics.get("eval_seconds"),

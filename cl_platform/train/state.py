@@ -44,6 +44,10 @@ class TrainState:
         method_state: the method's :meth:`state_dict`.
         optimizer: ``{"opt": ..., "sched": ...}`` state dicts of a mid-round position (``None``
             at round ends).
+        ranking: per finished round, the candidate-ranking accuracy on every task (``None`` for a
+            task without a closed answer set); empty in a checkpoint written before ranking.
+        base_ranking: the starting model's ranking accuracies (``None`` until evaluated, or in a
+            checkpoint written before ranking).
     """
 
     method: str
@@ -54,17 +58,22 @@ class TrainState:
     base_accuracy: Optional[list[float]] = None
     method_state: dict[str, Any] = field(default_factory=dict)
     optimizer: Optional[dict[str, Any]] = None
+    ranking: list[list[Optional[float]]] = field(default_factory=list)
+    base_ranking: Optional[list[Optional[float]]] = None
 
     @property
     def position(self) -> tuple[int, int]:
         return self.round, self.step
 
     def to_dict(self) -> dict[str, Any]:
-        """The checkpoint's dict (``optimizer`` only when there is one)."""
+        """The checkpoint's dict (``optimizer`` only when there is one; the ranking rows ``Rk`` and
+        ``base_rk`` only when there are any)."""
         d = {"method": self.method, "round": self.round, "step": self.step, "R": self.accuracy,
              "G": self.generation, "base_acc": self.base_accuracy, "method_state": self.method_state}
         if self.optimizer is not None:
             d["optimizer"] = self.optimizer
+        if self.ranking or self.base_ranking is not None:
+            d["Rk"], d["base_rk"] = self.ranking, self.base_ranking
         return d
 
     @classmethod
@@ -72,23 +81,30 @@ class TrainState:
         """The state of a checkpoint's dict; one that names no method belongs to ``default_method``."""
         return cls(method=d.get("method", default_method), round=int(d.get("round", 0)), step=int(d.get("step", 0)),
                    accuracy=list(d.get("R") or []), generation=list(d.get("G") or []), base_accuracy=d.get("base_acc"),
-                   method_state=dict(d.get("method_state") or {}), optimizer=d.get("optimizer"))
+                   method_state=dict(d.get("method_state") or {}), optimizer=d.get("optimizer"),
+                   ranking=list(d.get("Rk") or []), base_ranking=d.get("base_rk"))
 
     @classmethod
     def from_ledger(cls, ledger: "Ledger", method: str, last: int) -> "TrainState":
         """The state at the end of round ``last`` as the ledger records it (no method state)."""
         p = progress_from_ledger(ledger, method, last)
-        return cls(method=method, round=last + 1, step=0, accuracy=p["R"], generation=p["G"], base_accuracy=p["base_acc"])
+        return cls(method=method, round=last + 1, step=0, accuracy=p["R"], generation=p["G"], base_accuracy=p["base_acc"],
+                   ranking=p.get("Rk", []), base_ranking=p.get("base_rk"))
 
 
 def progress_from_ledger(ledger: "Ledger", method: str, last: int) -> dict[str, Any]:
-    """Accuracy rows, generation scores and base accuracies of rounds 0..last from the ledger."""
+    """Accuracy rows, generation scores and base accuracies of rounds 0..last from the ledger, and
+    the ranking rows ``Rk`` and base ranking accuracies ``base_rk`` when every one of those rounds
+    recorded them (rounds recorded before ranking existed did not)."""
     recs = [ledger.record(method, r).metrics for r in range(last + 1)]
-    return {
+    p = {
         "R": [m["accuracy"] for m in recs],
         "G": [recs[0]["base_generation_score"]] + [m["generation_score"] for m in recs],
         "base_acc": recs[0]["base_accuracy"],
     }
+    if all("ranking_accuracy" in m for m in recs):
+        p["Rk"], p["base_rk"] = [m["ranking_accuracy"] for m in recs], recs[0].get("base_ranking_accuracy")
+    return p
 
 
 class Start(enum.Enum):

@@ -23,7 +23,7 @@ from cl_platform.models.modality import ModalitySpec
 from cl_platform.store import Store
 from cl_platform.train import checkpoint as ckpt
 from cl_platform.train.config import SequenceConfig
-from cl_platform.train.evaluation import EvalSet, evaluate, load_eval_set
+from cl_platform.train.evaluation import EvalScores, EvalSet, evaluate, load_eval_set
 from cl_platform.train.recipe import RestoredCheckpoint, SequenceRecipe, scores_line
 from cl_platform.train.shards import ShardBatches
 from cl_platform.train.state import TrainState, progress_from_ledger  # noqa: F401 (sequence.method_results imports it from here)
@@ -50,7 +50,7 @@ class _Fit:
         self.shards = ShardBatches({n: ray.train.get_dataset_shard(n) for n in names}, rows, world,
                                    cfg.cache_rows, self.spec.pad_id)
         self.eval_set: Optional[EvalSet] = None
-        self._base: Optional[tuple[list[float], Optional[float]]] = None
+        self._base: Optional[EvalScores] = None
         self.base_eval_seconds = 0.0  # spent evaluating the base model, reported once (see take_base_eval_seconds)
         self._teacher: Optional[TeacherSource] = None
 
@@ -59,15 +59,14 @@ class _Fit:
             self.eval_set = load_eval_set(self.cfg, self.store, self.spec)
         return self.eval_set
 
-    def base_scores(self, load_base: Callable[[], torch.nn.Module], log) -> tuple[list[float], Optional[float]]:
-        """Accuracies and generation score of the base model, evaluated once per fit."""
+    def base_scores(self, load_base: Callable[[], torch.nn.Module], log) -> EvalScores:
+        """Accuracies, ranking accuracies and generation score of the base model, evaluated once per fit."""
         if self._base is None:
             t0 = time.time()
             with torch.no_grad():
                 self._base = evaluate(load_base(), self.evaluation_set(), self.rank, self.world)
-            accs, gen = self._base
             self.base_eval_seconds = time.time() - t0
-            log(scores_line("base model", accs, gen, time.time() - t0))
+            log(scores_line("base model", self._base, time.time() - t0))
         return self._base
 
     def take_base_eval_seconds(self) -> float:

@@ -7,11 +7,14 @@ import pytest
 
 from cl_platform.eval.metrics import (
     METRIC_NAMES,
+    RANKING_METRIC_NAMES,
     avg_accuracy,
     avg_forgetting,
     bwt,
+    closed_tasks,
     fwt,
     generation_drop,
+    ranking_summary,
     summarize,
 )
 
@@ -148,3 +151,51 @@ def test_generation_drop_sign_and_single_value():
 def test_validation_errors_name_the_input(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+# The ranking matrix of the same 3-task run when task 1 has no closed answer set (None column).
+RK3 = [
+    [0.90, None, 0.50],
+    [0.70, None, 0.60],
+    [0.80, None, 0.95],
+]
+# over tasks 0 and 2 only:
+# avg accuracy  = (0.80 + 0.95) / 2                          = 0.875
+# forgetting    task 0: max(0.90, 0.70) - 0.80 = 0.10 (task 2 is the last: not counted)
+# BWT           task 0: 0.80 - 0.90            = -0.10
+
+
+def test_ranking_summary_by_hand_over_the_closed_tasks():
+    assert closed_tasks(RK3) == [0, 2]
+    got = ranking_summary(RK3)
+    assert list(got) == list(RANKING_METRIC_NAMES)
+    assert got["ranking_avg_accuracy"] == pytest.approx(0.875)
+    assert got["ranking_forgetting"] == pytest.approx(0.10)
+    assert got["ranking_bwt"] == pytest.approx(-0.10)
+    # the same functions with every column give the plain metrics
+    assert avg_accuracy(R3, tasks=[0, 1, 2]) == pytest.approx(HAND_3X3["avg_accuracy"])
+    assert avg_forgetting(R3, tasks=[1]) == pytest.approx(0.30) and bwt(R3, tasks=[1]) == pytest.approx(-0.30)
+    assert avg_forgetting(R3, tasks=[2]) == 0.0 == bwt(R3, tasks=[2])  # only the last task: nothing to forget
+
+
+def test_ranking_summary_without_any_closed_set_is_none():
+    assert ranking_summary([[None, None], [None, None]]) == dict.fromkeys(RANKING_METRIC_NAMES)
+
+
+@pytest.mark.parametrize("Rk, message", [
+    ([[0.5, None], [None, None]], "column 0 mixes None and numbers"),
+    ([[0.5, 0.1]], "expected a T x T matrix"),
+    ([[0.5, None], [float("nan"), None]], "column 0 mixes None and numbers"),
+])
+def test_ranking_matrix_errors_name_the_column(Rk, message):
+    with pytest.raises(ValueError, match=message):
+        ranking_summary(Rk)
+
+
+def test_tasks_argument_is_checked():
+    with pytest.raises(ValueError, match="distinct task indices in 0..2"):
+        avg_accuracy(R3, tasks=[3])
+    with pytest.raises(ValueError, match="distinct task indices"):
+        bwt(R3, tasks=[0, 0])
+    with pytest.raises(ValueError, match="column 1: entry 0 is nan"):
+        avg_accuracy(RK3, tasks=[0, 1])

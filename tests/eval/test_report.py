@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from cl_platform.eval.metrics import summarize
+from cl_platform.eval.metrics import METRIC_NAMES, RANKING_METRIC_NAMES, summarize
 from cl_platform.eval.report import (
     REPORT_DIR,
     REPORT_FILE,
@@ -29,6 +29,9 @@ from cl_platform.store import Store
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 ORDER = ["add", "sub", "mul"]
 CONFIG = {"suite": "digits", "seed": 0, "steps": 120, "method_args": {"mode": {"rank": 8}}, "order": ORDER}
+#: A ranking matrix and base ranking accuracies; task "sub" has no closed answer set.
+RK = [[0.95, None, 0.5], [0.7, None, 0.6], [0.8, None, 0.9]]
+BASE_RK = [0.5, None, 0.3]
 
 
 def _method(seed: int, drop: float) -> dict:
@@ -139,6 +142,11 @@ def _delete(path):
     ],
 )
 def test_validation_errors_name_the_field(results, mutate, message):
+    _rejected(results, mutate, message)
+
+
+def _rejected(results, mutate, message):
+    """``results`` changed by ``mutate`` fails validation with ``message``."""
     bad = copy.deepcopy(results)
     mutate(bad)
     with pytest.raises(ResultsError, match=message):
@@ -263,7 +271,8 @@ def test_markdown_written_after_the_plots(results):
 
 def test_heatmap_names_are_safe_and_distinct(tmp_path):
     good = _method(0, 0.1)
-    built = build_results("r", ORDER, {}, {"MoDE": good, "mode": good, "a/b c": good, "../..": good})
+    ranked = {**good, "ranking_matrix": RK, "base_ranking_accuracy": BASE_RK}
+    built = build_results("r", ORDER, {}, {"MoDE": good, "mode": ranked, "a/b c": good, "../..": good})
     names = report_images(built).heatmaps
     assert names == {
         "MoDE": "accuracy_matrix_mode.png",
@@ -271,8 +280,10 @@ def test_heatmap_names_are_safe_and_distinct(tmp_path):
         "a/b c": "accuracy_matrix_a-b-c.png",
         "../..": "accuracy_matrix_method.png",
     }
+    assert report_images(built).ranking_heatmaps == {"mode": "ranking_matrix_mode-2.png"}
     paths = write_report(Store(str(tmp_path)), "runs/r", built)
-    assert len(paths) == 1 + 2 + 4
+    assert len(paths) == 1 + 2 + 4 + 1 and "runs/r/report/ranking_matrix_mode-2.png" in paths
+    _check_png(Store(str(tmp_path)).read_bytes("runs/r/report/ranking_matrix_mode-2.png"), tmp_path, "rk2.png")
 
 
 def test_single_task_run_plots(tmp_path):
@@ -303,3 +314,73 @@ def test_gradient_conflict_table_and_plot(tmp_path):
                      "| mode | 3: mul | 0.5000 | 0.2500 | - | 0.125 | - |"]
     assert "](gradient_conflict.png)" in md and "| seq_lora | 1" not in md
     assert "Gradient conflict" not in render_markdown(build_results("x", ORDER, {}, {"m": _method(0, 0.1)}))
+
+
+# ------------------------------------------------------------------------------------ ranking
+
+
+@pytest.fixture
+def ranked() -> dict:
+    return build_results("demo", ORDER, CONFIG, {
+        "mode": {**_method(0, 0.02), "ranking_matrix": RK, "base_ranking_accuracy": BASE_RK},
+        "seq_lora": _method(1, 0.2),  # recorded before ranking: no ranking arrays
+    })
+
+
+def test_build_with_a_ranking_matrix(tmp_path, ranked):
+    entry = ranked["methods"]["mode"]
+    assert entry["ranking_matrix"] == RK and entry["base_ranking_accuracy"] == BASE_RK
+    # over tasks add and mul: (0.8 + 0.9) / 2; add forgot max(0.95, 0.7) - 0.8; BWT 0.8 - 0.95
+    assert entry["metrics"]["ranking_avg_accuracy"] == pytest.approx(0.85)
+    assert entry["metrics"]["ranking_forgetting"] == pytest.approx(0.15)
+    assert entry["metrics"]["ranking_bwt"] == pytest.approx(-0.15)
+    assert set(ranked["methods"]["seq_lora"]["metrics"]) == set(METRIC_NAMES)
+    store = Store(str(tmp_path))
+    write_results(store, "runs/demo", ranked)
+    assert read_results(store, "runs/demo") == ranked
+
+
+def test_no_closed_answer_set_means_null_ranking_metrics():
+    none = [[None] * 3] * 3
+    built = build_results("r", ORDER, {}, {"m": {**_method(0, 0.1), "ranking_matrix": none,
+                                                 "base_ranking_accuracy": [None] * 3}})
+    m = built["methods"]["m"]["metrics"]
+    assert [m[k] for k in RANKING_METRIC_NAMES] == [None, None, None]
+    json.dumps(built, allow_nan=False)
+    assert "ranking avg accuracy" not in render_markdown(built)
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (_delete(["methods", "mode", "base_ranking_accuracy"]), r"ranking_matrix without base_ranking_accuracy"),
+    (_set(["methods", "mode", "ranking_matrix", 0, 1], 0.5), r"ranking_matrix: .*column 1 mixes None and numbers"),
+    (_set(["methods", "mode", "ranking_matrix", 2, 2], 1.2), r"ranking_matrix\[2\]\[2\]: 1.2 is not a fraction"),
+    (_set(["methods", "mode", "ranking_matrix"], [[0.5] * 3] * 2), r"ranking_matrix: expected 3 rows"),
+    (_set(["methods", "mode", "base_ranking_accuracy", 1], 0.4), r"base_ranking_accuracy\[1\]: 0.4, but .*column 1 is null"),
+    (_set(["methods", "mode", "base_ranking_accuracy", 0], None), r"base_ranking_accuracy\[0\]: None, but .*column 0 is numbers"),
+    (_set(["methods", "mode", "metrics", "ranking_bwt"], 0.0), r"metrics\.ranking_bwt: 0.0 does not match"),
+    (_set(["methods", "mode", "metrics", "ranking_bwt"], None), r"metrics\.ranking_bwt: expected a finite number"),
+    (_delete(["methods", "mode", "metrics", "ranking_forgetting"]), r"missing \['ranking_forgetting'\]"),
+    (_set(["methods", "seq_lora", "metrics", "ranking_bwt"], 0.0), r"seq_lora'\]\.metrics: .*unknown \['ranking_bwt'\]"),
+])
+def test_ranking_validation_errors_name_the_field(ranked, mutate, message):
+    _rejected(ranked, mutate, message)
+
+
+def test_ranking_arrays_come_together():
+    with pytest.raises(ResultsError, match="give both or neither"):
+        build_results("r", ORDER, {}, {"m": {**_method(0, 0.1), "ranking_matrix": RK}})
+
+
+def test_report_has_the_ranking_tables_and_plots(tmp_path, ranked):
+    md = render_markdown(ranked)
+    section = md.split("## Ranking accuracy matrices", 1)[1]
+    assert "### mode" in section and "### seq_lora" not in section
+    assert "ranking avg accuracy 85.0, ranking forgetting 15.0, ranking BWT -15.0" in section
+    assert "| *base* | 50.0 | - | 30.0 |" in section
+    assert "| 1: add | **95.0** | - | 50.0 |" in section and "| 2: sub | 70.0 | **-** | 60.0 |" in section
+    images = report_images(ranked)
+    assert images.ranking_heatmaps == {"mode": "ranking_matrix_mode.png"}
+    assert "![ranking accuracy matrix of mode](ranking_matrix_mode.png)" in render_markdown(ranked, images)
+    _check_png(plot_accuracy_matrix(ranked, "mode", "ranking_matrix"), tmp_path, "rk.png")
+    with pytest.raises(KeyError, match="has no 'ranking_matrix'"):
+        plot_accuracy_matrix(ranked, "seq_lora", "ranking_matrix")

@@ -205,6 +205,7 @@ REFUSED = {"r_text": 0, "r_image": 0, "num_experts": 0, "lora_alpha": 0.0, "lora
            "generation_routing": "image",
            "gradient_diagnostic": 2,
            "olora_slots": 0, "olora_lambda": -0.5,
+           "ranking_max_candidates": -1,
            }
 
 

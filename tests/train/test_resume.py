@@ -141,3 +141,28 @@ def test_train_state_from_the_ledger(tmp_path):
     assert s == TrainState("mode", round=2, step=0, accuracy=[[0.5, 0.0, 0.0], [0.4, 0.6, 0.0]],
                            generation=[0.9, 0.8, 0.7], base_accuracy=[0.1, 0.1, 0.1])
     assert progress_from_ledger(ledger, "mode", 0) == {"R": [[0.5, 0.0, 0.0]], "G": [0.9, 0.8], "base_acc": [0.1, 0.1, 0.1]}
+
+
+def test_train_state_keeps_the_ranking_rows():
+    s = TrainState("mode", round=1, accuracy=[[0.5, 0.0]], generation=[0.9, 0.8], base_accuracy=[0.1, 0.0],
+                   ranking=[[0.75, None]], base_ranking=[0.5, None])
+    d = s.to_dict()
+    assert (d["Rk"], d["base_rk"]) == ([[0.75, None]], [0.5, None])
+    assert TrainState.from_dict(d, "other") == s
+    old = TrainState.from_dict(LEGACY, default_method="mode")  # a checkpoint from before ranking
+    assert (old.ranking, old.base_ranking) == ([], None)
+
+
+def test_ranking_rows_from_the_ledger_only_when_every_round_has_them(tmp_path):
+    ledger = Ledger.create(str(tmp_path), "r", task_order=["a", "b"], config={"seed": 0}, methods=["mode", "old"])
+    for method in ("mode", "old"):
+        for r in range(2):
+            extra = {"ranking_accuracy": [0.5 + r / 10, None], "base_ranking_accuracy": [0.4, None]}
+            ledger.start_round(method, r)
+            ledger.finish_round(method, r, checkpoint=f"file:///x/{method}-{r}", metrics={
+                "accuracy": [0.5, 0.0], "generation_score": 0.8, "base_accuracy": [0.1, 0.1],
+                "base_generation_score": 0.9, **(extra if method == "mode" or r == 1 else {})})
+    s = TrainState.from_ledger(ledger, "mode", 1)
+    assert (s.ranking, s.base_ranking) == ([[0.5, None], [0.6, None]], [0.4, None])
+    assert "Rk" not in progress_from_ledger(ledger, "old", 1)  # round 0 was recorded before ranking
+    assert TrainState.from_ledger(ledger, "old", 1).ranking == []

@@ -24,6 +24,7 @@ LOCAL = ROOT / "infra" / "local"
 VENV_BIN = ROOT / ".venv" / "bin"
 TASKS = ["parity", "name"]
 METRICS = {"avg_accuracy", "avg_forgetting", "bwt", "fwt", "generation_drop"}
+RANKING_METRICS = {"ranking_avg_accuracy", "ranking_forgetting", "ranking_bwt"}
 
 
 def _check_results(store: Store, run: str, method: str, tasks: list[str]) -> None:
@@ -32,7 +33,15 @@ def _check_results(store: Store, run: str, method: str, tasks: list[str]) -> Non
     entry = results["methods"][method]
     assert len(entry["accuracy_matrix"]) == len(tasks) and all(len(r) == len(tasks) for r in entry["accuracy_matrix"])
     assert len(entry["generation_scores"]) == len(tasks) + 1
-    assert set(entry["metrics"]) == METRICS
+    assert set(entry["metrics"]) == METRICS | RANKING_METRICS
+    # every digits task has a closed answer set (2-10 words): a full ranking matrix of fractions
+    ranking = entry["ranking_matrix"]
+    assert len(ranking) == len(tasks) and all(len(r) == len(tasks) for r in ranking)
+    assert all(v is not None and 0.0 <= v <= 1.0 for r in ranking for v in r)
+    assert len(entry["base_ranking_accuracy"]) == len(tasks)
+    # ranking only among the allowed answers is rarely worse than emitting the answer exactly
+    mean = lambda m: sum(map(sum, m)) / len(tasks) ** 2  # noqa: E731
+    assert mean(ranking) >= mean(entry["accuracy_matrix"]) - 0.05, (ranking, entry["accuracy_matrix"])
     ledger = Ledger.open(store, run)
     recs = [r for r in ledger.rounds if r.method == method]
     assert [r.round for r in recs] == list(range(len(tasks)))  # every round exactly once

@@ -25,6 +25,7 @@ BAD = {
     "torch_threads": -1, "precision": "fp16", "gradient_checkpointing": 2, "teacher_mode": "gpu",
     "teacher_cache_limit_gb": -1.0, "earlier_tasks": [],
     "gradient_diagnostic": 2,
+    "ranking_max_candidates": -1,
 }
 
 #: The flags kept from before the parser was generated: flag -> (field, value given, value parsed).
