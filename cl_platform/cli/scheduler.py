@@ -75,6 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--hook-every", type=int, default=None, help="policy hook: run --hook-command after every K learned tasks")
     s.add_argument("--hook-command", default=None,
                    help="hook command (e.g. a sweep); placeholders {store} {lineage} {run} {tasks} {n}")
+    s.add_argument("--max-generation-drop", type=float, default=None,
+                   help="guard rail: a round whose generation score falls more than this below the base's crosses it")
+    s.add_argument("--max-avg-forgetting", type=float, default=None,
+                   help="guard rail: a round after which the lineage's average forgetting exceeds this crosses it")
+    s.add_argument("--guard-action", default=None,
+                   help="a crossing: 'hold' keeps the lineage on the previous adapter (default), 'warn' promotes it "
+                        "with a warning")
     st = sub.add_parser("status", allow_abbrev=False,
                         help="what the lineage learned, what is in flight, quarantined and failed")
     _common(st)
@@ -86,7 +93,8 @@ def settings_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The lineage settings the command line sets explicitly."""
     out: dict[str, Any] = {}
     for key in ("method", "steps", "spec", "kd_stream", "probe_stream", "min_rows", "max_attempts",
-                "retry_base_seconds", "retry_max_seconds", "hook_every", "hook_command"):
+                "retry_base_seconds", "retry_max_seconds", "hook_every", "hook_command", "max_generation_drop",
+                "max_avg_forgetting", "guard_action"):
         v = getattr(args, key)
         if v is not None:
             out[key] = v

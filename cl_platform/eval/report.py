@@ -498,24 +498,32 @@ def plot_accuracy_matrix(results: Mapping[str, Any], method: str) -> bytes:
     validate_results(results)
     if method not in results["methods"]:
         raise KeyError(f"method {method!r} is not in the results; have {list(results['methods'])}")
-    order = list(results["task_order"])
+    return plot_matrix(results["methods"][method]["accuracy_matrix"], list(results["task_order"]),
+                       f"accuracy matrix: {method}")
+
+
+def plot_matrix(R: ArrayLike, order: Sequence[str], title: str) -> bytes:
+    """PNG heatmap of a ``T x T`` accuracy matrix (fractions; NaN: a cell never evaluated, left
+    blank), tasks on x, rounds on y, values annotated in %, the diagonal outlined."""
+    order = list(order)
     T = len(order)
-    R = 100.0 * np.asarray(results["methods"][method]["accuracy_matrix"], dtype=np.float64)
+    R = 100.0 * np.asarray(R, dtype=np.float64)
 
     fig = Figure(figsize=(max(4.0, 1.6 + 0.9 * T), max(3.2, 1.2 + 0.7 * T)))
     ax = fig.add_subplot()
-    im = ax.imshow(R, cmap="viridis", vmin=0.0, vmax=100.0, aspect="auto")
+    im = ax.imshow(np.ma.masked_invalid(R), cmap="viridis", vmin=0.0, vmax=100.0, aspect="auto")
     size = max(6, 11 - T // 3)
     for i in range(T):
         for j in range(T):
-            ax.text(j, i, f"{R[i, j]:.1f}", ha="center", va="center", fontsize=size,
-                    color="white" if R[i, j] < 55.0 else "black")
+            if np.isfinite(R[i, j]):
+                ax.text(j, i, f"{R[i, j]:.1f}", ha="center", va="center", fontsize=size,
+                        color="white" if R[i, j] < 55.0 else "black")
         ax.add_patch(_cell_outline(i))
     ax.set_xticks(range(T), order, rotation=30 if T > 3 else 0, ha="right" if T > 3 else "center")
     ax.set_yticks(range(T), _round_labels(order))
     ax.set_xlabel("task evaluated")
     ax.set_ylabel("after round")
-    ax.set_title(f"accuracy matrix: {method}")
+    ax.set_title(title)
     fig.colorbar(im, ax=ax, label="accuracy (%)")
     return _png(fig)
 
@@ -529,13 +537,20 @@ def _cell_outline(i: int) -> Any:
 def plot_generation_scores(results: Mapping[str, Any]) -> bytes:
     """PNG line chart of the generation score (%) after each round, one line per method; round 0 is the base."""
     validate_results(results)
-    order = list(results["task_order"])
+    return plot_score_lines({name: entry["generation_scores"] for name, entry in results["methods"].items()},
+                            list(results["task_order"]))
+
+
+def plot_score_lines(curves: Mapping[str, Sequence[float]], order: Sequence[str]) -> bytes:
+    """PNG line chart of generation scores (fractions, base first, then one per task of ``order``),
+    one line per entry of ``curves``."""
+    order = list(order)
     T = len(order)
     fig = Figure(figsize=(max(5.0, 2.0 + 0.9 * (T + 1)), 3.6))
     ax = fig.add_subplot()
     x = np.arange(T + 1)
-    for name, entry in results["methods"].items():
-        ax.plot(x, 100.0 * np.asarray(entry["generation_scores"]), marker="o", label=str(name))
+    for name, scores in curves.items():
+        ax.plot(x, 100.0 * np.asarray(scores, dtype=np.float64), marker="o", label=str(name))
     ax.set_xticks(x, ["0: base", *_round_labels(order)], rotation=30 if T > 3 else 0, ha="right" if T > 3 else "center")
     ax.set_xlabel("after round")
     ax.set_ylabel("generation score (%)")
@@ -615,7 +630,9 @@ __all__ = [
     "method_entry",
     "plot_accuracy_matrix",
     "plot_generation_scores",
+    "plot_matrix",
     "plot_method_comparison",
+    "plot_score_lines",
     "read_results",
     "render_markdown",
     "report_images",

@@ -25,7 +25,10 @@ _NAME_RE = re.compile(NAME_PATTERN)
 #: ``jobs/sequence.py`` flags the scheduler sets itself; ``job_args`` may not contain them.
 RESERVED_JOB_FLAGS = ("--store", "--tasks", "--order", "--run", "--from-run", "--resume", "--method", "--methods",
                       "--suite", "--model", "--spec", "--kd-stream", "--probe-stream", "--quick", "--steps",
-                      "--task-digest")
+                      "--task-digest", "--evaluate-earlier")
+
+#: What a round crossing a guard rail does (:attr:`LineageSettings.guard_action`).
+GUARD_ACTIONS = ("hold", "warn")
 
 #: Longest lineage name: round runs are ``<lineage>-<n>-<task>`` and must fit the 64-character run rule.
 MAX_LINEAGE_CHARS = 40
@@ -104,6 +107,15 @@ class LineageSettings:
             (the latest learned run), ``{tasks}`` (learned tasks, comma-separated), ``{n}``.
             It runs beside the lineage (a Ray job with ``--ray-address``, else a detached process)
             and does not block the next round.
+        max_generation_drop: guard rail: a round after which the generation score is more than this
+            below the base model's (the lineage's generation drop) crosses it (``None``: off).
+        max_avg_forgetting: guard rail: a round after which the lineage's average forgetting (over
+            its lower-triangular accuracy matrix) exceeds this crosses it (``None``: off).
+        guard_action: what a crossing does: ``hold`` keeps the lineage on the previous adapter (the
+            round's run is kept for inspection, not promoted; the next task continues from the
+            previous adapter and the held task is not trained again until its files change);
+            ``warn`` promotes the round with a warning. Either way the crossing is recorded in the
+            state and emitted as a ``guard_rail`` event.
 
     A round resolves its inputs from these settings like any sequence
     (:func:`cl_platform.suites.resolve_run_inputs`).
@@ -125,6 +137,9 @@ class LineageSettings:
     retry_max_seconds: float = 600.0
     hook_every: int = 0
     hook_command: Optional[str] = None
+    max_generation_drop: Optional[float] = None
+    max_avg_forgetting: Optional[float] = None
+    guard_action: str = "hold"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -160,6 +175,12 @@ class LineageSettings:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
                 raise LineageConfigError(f"lineage setting {name}={v!r} must be a number >= 0")
+        for name in ("max_generation_drop", "max_avg_forgetting"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1):
+                raise LineageConfigError(f"lineage setting {name}={v!r} must be a fraction in [0, 1] (or unset: off)")
+        if self.guard_action not in GUARD_ACTIONS:
+            raise LineageConfigError(f"lineage setting guard_action={self.guard_action!r}: one of {', '.join(GUARD_ACTIONS)}")
         if self.hook_every and not self.hook_command:
             raise LineageConfigError("lineage setting hook_every > 0 needs hook_command")
         return self
@@ -250,6 +271,7 @@ def record_settings(store: Store, lineage: str, settings: LineageSettings, *, ho
 
 
 __all__ = [
+    "GUARD_ACTIONS",
     "LineageConfigError",
     "LineageSettings",
     "MAX_LINEAGE_CHARS",

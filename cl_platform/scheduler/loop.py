@@ -21,16 +21,18 @@ import hashlib
 import os
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable, Optional
 
 from cl_platform.scheduler.config import LineageSettings, lineage_dir, record_settings
 from cl_platform.scheduler.detect import content_fingerprint, listing_signature, scan_tasks
 from cl_platform.scheduler.events import EventLog
 from cl_platform.scheduler.lease import Lease, LeaseKeeper, LeaseLost
+from cl_platform.scheduler.progress import guard_crossings, lineage_summary
+from cl_platform.scheduler.report import write_lineage_report
 from cl_platform.scheduler.runner import GONE, NOT_FOUND, JobStatus, Runner, round_args
 from cl_platform.scheduler.state import (
-    FailedTask, InFlightRound, LearnedTask, LineageState, PendingRetry, QuarantinedTask, StateConflictError, StateStore,
+    FailedTask, HeldRound, InFlightRound, LearnedTask, LineageState, PendingRetry, QuarantinedTask, StateConflictError, StateStore,
 )
 from cl_platform.scheduler.validate import Verdict, invalid_name_verdict, lineage_context, lineage_spec, validate_task
 from cl_platform.store import Store
@@ -41,7 +43,8 @@ EXIT_OK, EXIT_FAILED_ROUNDS, EXIT_NO_LEASE, EXIT_LEASE_LOST = 0, 1, 3, 4
 #: Longest error text kept in the state.
 MAX_ERROR_CHARS = 3000
 #: Metrics copied from a round's ledger record into the lineage state.
-ROUND_METRICS = ("accuracy", "generation_score", "base_generation_score", "loss", "train_seconds", "eval_seconds")
+ROUND_METRICS = ("accuracy", "earlier_accuracy", "generation_score", "base_generation_score", "loss", "train_seconds",
+                 "eval_seconds")
 
 
 @dataclass
@@ -291,7 +294,7 @@ class Scheduler:
                     self.states.save(state)
                     self.events.emit("quarantined", task=name, reason=v.reason, file=None)
                 continue
-            prior = state.quarantined.get(name) or state.failed.get(name)
+            prior = state.quarantined.get(name) or state.failed.get(name) or state.held.get(name)
             if prior is not None:
                 sig = listing_signature(self.store, name)
                 if sig == prior.signature:
@@ -303,6 +306,7 @@ class Scheduler:
                     continue
                 state.quarantined.pop(name, None)
                 state.failed.pop(name, None)
+                state.held.pop(name, None)
                 self.states.save(state)
                 self.events.emit("released_from_quarantine", task=name, fingerprint=fp)
             if not start:
@@ -387,8 +391,10 @@ class Scheduler:
         inf = state.in_flight
         assert inf is not None
         args = round_args(self.settings, self.store.url, task=inf.task, run=inf.run, from_run=inf.from_run)
-        if inf.digest:
-            args += ["--task-digest", f"{inf.task}={inf.digest}"]
+        # the round's task, and every earlier task whose eval split it reads, as they were validated
+        for task, digest in [*((t.task, t.digest) for t in state.learned), (inf.task, inf.digest)]:
+            if digest:
+                args += ["--task-digest", f"{task}={digest}"]
         fields = self.runner.submit(inf, args, self.store.url)
         self._mine.add(inf.submission_id)
         now = self.clock()
@@ -428,22 +434,48 @@ class Scheduler:
             self._failed(state, status)
 
     def _learned(self, state: LineageState, outcome: Outcome) -> None:
+        """Record a finished round: promoted (the lineage's model advances), or held back when it
+        crosses a guard rail and ``guard_action`` is ``hold``."""
         inf = state.in_flight
         assert inf is not None and outcome.checkpoint
         now = self.clock()
-        state.learned.append(LearnedTask(
+        learned = LearnedTask(
             task=inf.task, n=inf.n, run=inf.run, from_run=inf.from_run, checkpoint=outcome.checkpoint,
             metrics=outcome.metrics or {}, fingerprint=inf.fingerprint, ready_time=inf.ready_time,
-            submitted_at=inf.submitted_at, finished_at=now, attempts=inf.attempt,
-        ))
+            submitted_at=inf.submitted_at, finished_at=now, attempts=inf.attempt, digest=inf.digest,
+        )
+        s = self.settings
+        crossings = guard_crossings(lineage_summary([*state.learned, learned]),
+                                    {"max_generation_drop": s.max_generation_drop, "max_avg_forgetting": s.max_avg_forgetting})
+        learned.crossings = crossings
+        hold = bool(crossings) and s.guard_action == "hold"
+        if hold:
+            state.held[inf.task] = HeldRound(**asdict(learned), signature=self._signature(inf.task), at=now)
+        else:
+            state.learned.append(learned)
         state.in_flight = None
         state.retries.pop(inf.task, None)
         state.failed.pop(inf.task, None)
         self.states.save(state)
         self._keep_log(inf)
         self.events.emit("finished", task=inf.task, run=inf.run, attempt=inf.attempt, checkpoint=outcome.checkpoint,
-                         metrics=outcome.metrics, seconds=round(now - inf.submitted_at, 1) if inf.submitted_at else None)
+                         metrics=outcome.metrics, seconds=round(now - inf.submitted_at, 1) if inf.submitted_at else None,
+                         promoted=not hold)
+        if crossings:
+            latest = state.latest
+            self.events.emit("guard_rail", task=inf.task, run=inf.run, action=s.guard_action, crossings=crossings,
+                             current_model=latest.run if latest else None)
+        if hold:
+            return
+        self._write_report(state)
         self._maybe_hook(state)
+
+    def _write_report(self, state: LineageState) -> None:
+        """Rewrite ``lineages/<name>/report/`` (best effort: the report is for people)."""
+        try:
+            write_lineage_report(self.store, self.lineage, lineage_summary(state.learned))
+        except Exception as exc:
+            self.events.emit("error", error=f"writing the lineage report: {type(exc).__name__}: {exc}")
 
     def _failed(self, state: LineageState, status: JobStatus) -> None:
         inf = state.in_flight

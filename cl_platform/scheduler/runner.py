@@ -68,8 +68,10 @@ class JobStatus:
 
 
 def round_args(settings: LineageSettings, store_url: str, *, task: str, run: str, from_run: Optional[str]) -> list[str]:
-    """Sequence command arguments of one round (always ``--resume``: it creates or continues the run)."""
-    args = ["--store", store_url, "--tasks", task, "--run", run, "--method", settings.method, "--resume"]
+    """Sequence command arguments of one round (always ``--resume``: it creates or continues the run;
+    always ``--evaluate-earlier 1``: the round also scores every task the lineage learned before it)."""
+    args = ["--store", store_url, "--tasks", task, "--run", run, "--method", settings.method, "--resume",
+            "--evaluate-earlier", "1"]
     if from_run:
         args += ["--from-run", from_run]
     args += ["--suite", settings.run_request().suite]

@@ -7,7 +7,7 @@ share of the generation probe (:mod:`cl_platform.eval.probe`); counts are summed
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
 import torch
@@ -31,6 +31,8 @@ class EvalSet:
         eos_id, pad_id: special ids of the vocabulary (``eos_id`` ``None``: no early stop).
         probe: the generation probe (``None``: no generation score).
         batch_size: prompts per generate call.
+        earlier_tasks: tasks learned before this run (``cfg.earlier_tasks`` when
+            ``cfg.evaluate_earlier``), their rows in ``rows`` too; scored by :func:`evaluate_earlier`.
     """
 
     tasks: list[str]
@@ -39,16 +41,20 @@ class EvalSet:
     pad_id: int
     probe: Optional[GenerationProbe] = None
     batch_size: int = 64
+    earlier_tasks: list[str] = field(default_factory=list)
 
 
 def load_eval_set(cfg: SequenceConfig, store: Store, spec: ModalitySpec) -> EvalSet:
-    """Every task's eval split (validated on read) and the run's generation probe."""
+    """Every task's eval split (validated on read) and the run's generation probe; with
+    ``cfg.evaluate_earlier`` also the eval splits of the lineage's earlier tasks."""
+    earlier = list(cfg.earlier_tasks or []) if cfg.evaluate_earlier else []
     rows = {}
-    for t in cfg.tasks:
+    for t in [*cfg.tasks, *earlier]:
         table = read_task(store, t, vocab_size=spec.vocab_size).eval
         rows[t] = list(zip(table.column("prompt_tokens").to_pylist(), table.column("answer_tokens").to_pylist()))
     return EvalSet(tasks=list(cfg.tasks), rows=rows, eos_id=spec.eos_id, pad_id=spec.pad_id,
-                   probe=build_probe(cfg.probe, store, spec, cfg.seed), batch_size=cfg.eval_batch_size)
+                   probe=build_probe(cfg.probe, store, spec, cfg.seed), batch_size=cfg.eval_batch_size,
+                   earlier_tasks=earlier)
 
 
 def _all_reduce(values: list[float]) -> list[float]:
@@ -77,3 +83,12 @@ def evaluate(model: torch.nn.Module, es: EvalSet, rank: int = 0, world: int = 1)
         gen = es.probe.score(total[-2], total[-1])
     model.train()
     return accs, gen
+
+
+def evaluate_earlier(model: torch.nn.Module, es: EvalSet, rank: int = 0, world: int = 1) -> dict[str, float]:
+    """Accuracy on every earlier task of the lineage (``es.earlier_tasks``), as :func:`evaluate`
+    scores a task; ``{}`` when there are none."""
+    if not es.earlier_tasks:
+        return {}
+    accs, _ = evaluate(model, replace(es, tasks=list(es.earlier_tasks), probe=None, earlier_tasks=[]), rank, world)
+    return dict(zip(es.earlier_tasks, accs))

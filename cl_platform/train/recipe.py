@@ -35,7 +35,7 @@ from cl_platform.models.modality import ModalitySpec
 from cl_platform.train import checkpoint as ckpt
 from cl_platform.train.batches import answer_loss
 from cl_platform.train.config import SequenceConfig
-from cl_platform.train.evaluation import EvalSet, evaluate
+from cl_platform.train.evaluation import EvalSet, evaluate, evaluate_earlier
 from cl_platform.train.ledger import Ledger
 from cl_platform.train.state import Resume, Start, TrainState, decide_resume
 
@@ -374,6 +374,7 @@ class SequenceRecipe:
         t1 = time.time()
         with torch.no_grad(), self.autocast():
             accs, gen = evaluate(self.inner, self.eval_set, self.rank, self.world)
+            earlier = evaluate_earlier(self.inner, self.eval_set, self.rank, self.world)
         eval_s = time.time() - t1
         self.state.accuracy.append(accs)
         self.state.generation.append(gen)
@@ -381,9 +382,12 @@ class SequenceRecipe:
                    "train_seconds": result.seconds, "eval_seconds": eval_s,
                    "base_eval_seconds": self.fit.take_base_eval_seconds(),
                    **{f"{k}_loss": v for k, v in result.terms.items()}}
+        if earlier:  # the lineage's tasks learned before this run, scored with this round's adapter
+            metrics["earlier_accuracy"] = earlier
         self.log(f"round {r + 1} '{task}' done in {result.seconds:.1f}s (+{eval_s:.1f}s eval): accuracy "
                  + " ".join(f"{t}={a:.2f}" for t, a in zip(cfg.tasks, accs))
-                 + (f" | generation {gen:.3f}" if gen is not None else ""))
+                 + (f" | generation {gen:.3f}" if gen is not None else "")
+                 + ("".join(f" | earlier {t}={a:.2f}" for t, a in earlier.items())))
         return metrics
 
     # ------------------------------------------------------------------ checkpoints
