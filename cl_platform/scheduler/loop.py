@@ -18,13 +18,14 @@ scheduler killed at any point and restarted neither loses a task nor trains one 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import threading
 import time
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable, Optional
 
-from cl_platform.scheduler.config import LineageSettings, lineage_dir, record_settings
+from cl_platform.scheduler.config import LineageSettings, lineage_dir, record_settings, tune_sweep_doc, tuned_job_args
 from cl_platform.scheduler.detect import content_fingerprint, listing_signature, scan_tasks
 from cl_platform.scheduler.events import EventLog
 from cl_platform.scheduler.lease import Lease, LeaseKeeper, LeaseLost
@@ -38,6 +39,8 @@ from cl_platform.scheduler.validate import Verdict, invalid_name_verdict, lineag
 from cl_platform.store import Store
 from cl_platform.suites import available_suites
 
+#: The module whose ``tune`` command runs a lineage's sweep (the command line's: it may use the sweeps).
+TUNE_MODULE = "cl_platform.cli.scheduler"
 #: Exit codes of :meth:`Scheduler.run`.
 EXIT_OK, EXIT_FAILED_ROUNDS, EXIT_NO_LEASE, EXIT_LEASE_LOST = 0, 1, 3, 4
 #: Longest error text kept in the state.
@@ -246,7 +249,7 @@ class Scheduler:
             if did:
                 continue
             state = self.states.load()
-            if self.options.once and state.in_flight is None and not state.retries:
+            if self.options.once and state.in_flight is None and state.tuning is None and not state.retries:
                 return EXIT_FAILED_ROUNDS if self.permanent_failures else EXIT_OK
             self.stop_event.wait(self._idle_wait(state))
         return EXIT_OK
@@ -263,6 +266,9 @@ class Scheduler:
         state = self.states.load()
         if state.in_flight is not None:
             self._follow(state)
+            return True
+        if state.tuning is not None:
+            self._follow_tune(state)
             return True
         if state.retries:
             retry = next(iter(state.retries.values()))
@@ -391,6 +397,9 @@ class Scheduler:
         inf = state.in_flight
         assert inf is not None
         args = round_args(self.settings, self.store.url, task=inf.task, run=inf.run, from_run=inf.from_run)
+        tuned = state.tuned()
+        if tuned:  # the settings the last sweep chose (after the lineage's job_args: they win)
+            args += tuned_job_args(tuned["params"], tuned["space"])
         # the round's task, and every earlier task whose eval split it reads, as they were validated
         for task, digest in [*((t.task, t.digest) for t in state.learned), (inf.task, inf.digest)]:
             if digest:
@@ -469,6 +478,7 @@ class Scheduler:
             return
         self._write_report(state)
         self._maybe_hook(state)
+        self._maybe_tune(state)
 
     def _write_report(self, state: LineageState) -> None:
         """Rewrite ``lineages/<name>/report/`` (best effort: the report is for people)."""
@@ -526,6 +536,67 @@ class Scheduler:
                     self.store.write_bytes(f"{lineage_dir(self.lineage)}/logs/{inf.submission_id}.log", f.read())
             except Exception:
                 pass
+
+    # ------------------------------------------------------------------ the every-K sweep
+    def _maybe_tune(self, state: LineageState) -> None:
+        """After every ``tune_every`` learned tasks: submit the sweep over the recent tasks (write-ahead)."""
+        k = self.settings.tune_every
+        if not k or len(state.learned) % k:
+            return
+        n = len(state.learned)
+        name = f"{self.lineage[:28]}-tune-{n}"
+        tasks = state.learned_names()[-(self.settings.tune_tasks or k):]
+        state.tunes.append({"n": n, "sweep": name, "tasks": tasks, "space": dict(self.settings.tune_space),
+                            "doc": tune_sweep_doc(self.settings, name, tasks), "status": "running", "at": self.clock()})
+        state.tuning = InFlightRound(task=state.latest.task, n=n, run=name, from_run=None, attempt=1,
+                                     runner=self.runner.kind, submission_id=f"{name}-a1", detected_at=self.clock(),
+                                     holder=self.lease.holder)
+        self.states.save(state)
+        self._submit_tune(state)
+
+    def _submit_tune(self, state: LineageState) -> None:
+        inf, entry = state.tuning, state.tunes[-1]
+        assert inf is not None
+        args = ["tune", "--store", self.store.url, "--sweep-json", json.dumps(entry["doc"], sort_keys=True)]
+        fields = self.runner.submit(inf, args, self.store.url, module=TUNE_MODULE)
+        self._mine.add(inf.submission_id)
+        state.tuning = replace(inf, submitted_at=self.clock(), **fields)
+        self.states.save(state)
+        self.events.emit("tune_started", sweep=inf.run, tasks=entry["tasks"], space=entry["space"],
+                         trials=entry["doc"]["search"]["num_samples"], objective=self.settings.tune_objective,
+                         submission_id=inf.submission_id, runner=self.runner.kind)
+
+    def _follow_tune(self, state: LineageState) -> None:
+        """Wait for the sweep; its best configuration (``sweeps/<name>/best.json``, read as data and
+        checked as job_args are) becomes the settings of the next rounds."""
+        inf = state.tuning
+        assert inf is not None
+        status = self.runner.status(inf)
+        if status.state == NOT_FOUND:
+            self._submit_tune(state)
+            return
+        while status.active:
+            if self._halted():
+                return
+            self.stop_event.wait(self.options.follow_seconds)
+            status = self.runner.status(inf)
+        entry = state.tunes[-1]
+        try:
+            best = self.store.read_json(f"sweeps/{inf.run}/best.json")["best"][0]
+            entry["job_args"] = tuned_job_args(best["params"], entry["space"])
+            entry["params"] = {k: best["params"][k] for k in sorted(best["params"])}
+            entry.update(status="done", trial=best.get("trial_id"), objective=self.settings.tune_objective,
+                         value=(best.get("final") or {}).get(self.settings.tune_objective))
+        except Exception as exc:  # no result, or one that is not a configuration of the space: settings stay
+            tail = self.runner.logs_tail(inf, 500)
+            entry.update(status="failed", error=f"{status.state}: {type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]
+                         + (f"\n{tail}" if tail else ""))
+        entry["finished_at"] = self.clock()
+        state.tuning = None
+        self.states.save(state)
+        self._keep_log(inf)
+        self.events.emit("tuned", sweep=inf.run, status=entry["status"], params=entry.get("params"),
+                         objective=entry.get("objective"), value=entry.get("value"), error=entry.get("error"))
 
     def _maybe_hook(self, state: LineageState) -> None:
         k = self.settings.hook_every

@@ -245,6 +245,11 @@ class LineageState:
         in_flight: the round being trained, if any.
         hooks: policy hooks started: ``{"n", "command", "id", "at"}``.
         held: task name -> a round held back by a guard rail (not promoted).
+        tuning: the every-K sweep job in flight (its ``run`` is the sweep's name), written before it
+            is submitted; rounds wait for it.
+        tunes: the every-K sweeps, oldest first: ``{"n", "sweep", "tasks", "doc", "status"}`` and,
+            once done, ``params`` and ``job_args`` (the chosen settings), ``objective``, ``value``, or
+            ``error``.
         updated_at: ISO time of the last write.
         lease_generation: the highest lease generation that has written the state (0: none); a
             writer holding an older generation is refused (module docstring).
@@ -262,6 +267,8 @@ class LineageState:
     in_flight: Optional[InFlightRound] = None
     hooks: list[dict[str, Any]] = field(default_factory=list)
     held: dict[str, HeldRound] = field(default_factory=dict)
+    tuning: Optional[InFlightRound] = None
+    tunes: list[dict[str, Any]] = field(default_factory=list)
     updated_at: Optional[str] = None
     lease_generation: int = 0
     lease_holder: Optional[str] = None
@@ -287,6 +294,10 @@ class LineageState:
             runs.add(self.in_flight.run)
         return runs
 
+    def tuned(self) -> Optional[dict[str, Any]]:
+        """The latest sweep that chose settings (they are in force for the next rounds), if any."""
+        return next((t for t in reversed(self.tunes) if t.get("status") == "done"), None)
+
     # -------------------------------------------------------------- (de)serialisation
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -303,6 +314,8 @@ class LineageState:
             "in_flight": asdict(self.in_flight) if self.in_flight else None,
             "hooks": copy.deepcopy(self.hooks),
             "held": {k: asdict(v) for k, v in self.held.items()},
+            "tuning": asdict(self.tuning) if self.tuning else None,
+            "tunes": copy.deepcopy(self.tunes),
         }
 
     @classmethod
@@ -324,6 +337,8 @@ class LineageState:
                 in_flight=InFlightRound(**d["in_flight"]) if d.get("in_flight") else None,
                 hooks=list(d.get("hooks", [])),
                 held={k: HeldRound(**v) for k, v in d.get("held", {}).items()},
+                tuning=InFlightRound(**d["tuning"]) if d.get("tuning") else None,
+                tunes=list(d.get("tunes", [])),
             )
         except (KeyError, TypeError) as exc:
             raise StateError(f"{where}: malformed lineage state ({type(exc).__name__}: {exc})") from None

@@ -117,6 +117,13 @@ def format_status(status: dict[str, Any]) -> str:
         what = "held by" if lease["active"] else "free (last holder"
         end = f" until {_t(lease['expires_at'])}" if lease["active"] else ")"
         out.append(f"lease: {what} {lease['holder']}, generation {lease['generation']}{end}")
+    tuned = next((t for t in reversed(status["state"].get("tunes") or []) if t.get("status") == "done"), None)
+    out.append("settings in force: " + ("the command line's" if tuned is None else _shown(
+        " ".join(f"{k} {v}" for k, v in tuned["params"].items())
+        + f" from sweep {tuned['sweep']} (after {tuned['n']} tasks, {tuned['objective']} {_num(tuned.get('value'))}),"
+        " over the command line's", 400)))
+    if status["state"].get("tuning"):
+        out.append(f"sweep in flight: {status['state']['tuning']['run']}")
     cm = status["current_model"]
     out.append("current model: " + ("the base model (nothing learned yet)" if cm is None
                                      else f"run {cm['run']}  checkpoint {cm['checkpoint']}"))

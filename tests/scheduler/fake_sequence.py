@@ -33,7 +33,7 @@ from cl_platform.train.ledger import Ledger
 def main() -> int:
     p = argparse.ArgumentParser()
     for flag in ("--store", "--tasks", "--run", "--method", "--from-run", "--suite", "--model", "--spec", "--kd-stream",
-                 "--probe-stream", "--steps", "--evaluate-earlier"):
+                 "--probe-stream", "--steps", "--evaluate-earlier", "--lr"):
         p.add_argument(flag)
     p.add_argument("--resume", action="store_true")
     p.add_argument("--quick", action="store_true")
@@ -41,7 +41,7 @@ def main() -> int:
     args, _ = p.parse_known_args()
     store = Store(args.store)
     task = args.tasks
-    config = {"method": args.method, "tasks": [task], "quick": args.quick, "steps": args.steps}
+    config = {"method": args.method, "tasks": [task], "quick": args.quick, "steps": args.steps, "lr": args.lr}
     ledger = Ledger.open_or_create(store, args.run, task_order=[task], config=config, methods=[args.method],
                                    from_run=args.from_run, resume=args.resume)
     if ledger.is_complete(args.method):
