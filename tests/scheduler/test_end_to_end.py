@@ -117,7 +117,10 @@ def test_three_tasks_in_landing_order_with_a_scheduler_killed_mid_round(digits_b
     finally:
         second.close()
     assert [e["task"] for e in first.events("submitted")] == ["t-b"]
-    assert [e["task"] for e in second.events("reattached")] == ["t-b"]
+    # the killed scheduler's round is followed to its end by the second (re-attached while it runs, or
+    # read from the ledger when it ended before the second looked: on a loaded machine it may)
+    assert [e["task"] for e in second.events("reattached")] in (["t-b"], [])
+    assert [e["task"] for e in second.events("finished")] == ["t-b", "t-a", "t-c"]
     assert [e["task"] for e in second.events("submitted")] == ["t-a", "t-c"]
     learned = _learned(store, "lin")
     assert [t["task"] for t in learned] == ["t-b", "t-a", "t-c"]

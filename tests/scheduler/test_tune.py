@@ -63,3 +63,13 @@ def test_every_k_sweep_chooses_a_setting_that_the_next_round_trains_with(digits_
     again = harness.scheduler(settings=replace(settings, tune_every=0))
     assert again.run() == 0
     assert Ledger.open(store, "lin-2-name").config["lr"] == str(tune["params"]["lr"])
+
+
+def test_a_bad_sweep_in_the_settings_exits_2_before_anything_runs(tmp_path, capsys):
+    from cl_platform.cli.scheduler import main
+
+    base = ["run", "--store", str(tmp_path / "store"), "--lineage", "lin", "--once", "--tune-every", "1"]
+    assert main([*base, "--tune-space", '{"lr": {"type": "uniform", "low": 0.1}}']) == 2
+    assert "space.lr" in capsys.readouterr().err
+    assert main([*base, "--tune-space", "{lr"]) == 2
+    assert "--tune-space" in capsys.readouterr().err and not os.path.exists(tmp_path / "store" / "lineages")
