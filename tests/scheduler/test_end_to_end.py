@@ -102,8 +102,9 @@ def test_three_tasks_in_landing_order_with_a_scheduler_killed_mid_round(digits_b
     for name, source in landing:
         copy_digits_task(store, source, name, src_store=src, rows=64)
         time.sleep(0.05)
+    # the likelihood probe: a generation score that two runs share only if their adapters are the same
     args = ["--store", str(root), "--lineage", "lin", "--once", "--quick", "--steps", "2", "--poll-seconds", "1",
-            "--lease-ttl", "6", "--log-dir", str(tmp_path / "logs")]
+            "--lease-ttl", "6", "--log-dir", str(tmp_path / "logs"), "--probe-stream", "probe"]
     first = SchedulerProcess(args, ray_tmp, str(tmp_path / "first.out"))
     try:
         first.wait_for(lambda: _round_running(store, "lin-1-t-b"), 600, "the first round to start training")
@@ -139,9 +140,15 @@ def test_three_tasks_in_landing_order_with_a_scheduler_killed_mid_round(digits_b
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update(RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled", TMPDIR=ray_tmp)
     seq = subprocess.run([sys.executable, os.path.join(REPO, "jobs", "sequence.py"), "--store", str(root), "--suite",
-                          "digits", "--tasks", "t-b,t-a,t-c", "--method", "mode", "--run", "seq", "--quick", "--steps", "2"],
+                          "digits", "--tasks", "t-b,t-a,t-c", "--method", "mode", "--run", "seq", "--quick", "--steps", "2",
+                          "--probe-stream", "probe"],
                          capture_output=True, text=True, cwd=REPO, env=env, timeout=900)
     assert seq.returncode == 0, seq.stderr[-4000:]
     reference = store.read_json("runs/seq/results.json")["methods"]["mode"]
     assert progress["accuracy_matrix"] == [row[: i + 1] for i, row in enumerate(reference["accuracy_matrix"])]
-    assert progress["generation_curve"] == reference["generation_scores"]
+    assert progress["generation_curve"] == reference["generation_scores"] and min(progress["generation_curve"]) > 0
+    # the rounds trained on the same batches, KD batches and dropout: the same losses, to the last bit
+    seq_ledger = Ledger.open(store, "seq")
+    for r, t in enumerate(learned):
+        ours, theirs = Ledger.open(store, t["run"]).record("mode", 0).metrics, seq_ledger.record("mode", r).metrics
+        assert (ours["loss"], ours["kd_loss"]) == (theirs["loss"], theirs["kd_loss"])
