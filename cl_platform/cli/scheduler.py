@@ -2,6 +2,7 @@
 
     run    --store URL --lineage NAME [--ray-address ADDR] [--poll-seconds S] [--once] [settings ...]
     status --store URL --lineage NAME [--json]
+    tune   --store URL --sweep-json JSON      (the lineage's every-K sweep: a job the scheduler submits)
 
 ``run`` watches ``<store>/tasks/`` and trains every new valid task once on top of the lineage's
 latest model; see :mod:`cl_platform.scheduler.loop`. Its lines on stdout are JSON events
@@ -75,6 +76,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--hook-every", type=int, default=None, help="policy hook: run --hook-command after every K learned tasks")
     s.add_argument("--hook-command", default=None,
                    help="hook command (e.g. a sweep); placeholders {store} {lineage} {run} {tasks} {n}")
+    s.add_argument("--max-generation-drop", type=float, default=None,
+                   help="guard rail: a round whose generation score falls more than this below the base's crosses it")
+    s.add_argument("--max-avg-forgetting", type=float, default=None,
+                   help="guard rail: a round after which the lineage's average forgetting exceeds this crosses it")
+    s.add_argument("--guard-action", default=None,
+                   help="a crossing: 'hold' keeps the lineage on the previous adapter (default), 'warn' promotes it "
+                        "with a warning")
+    s.add_argument("--tune-every", type=int, default=None,
+                   help="after every K learned tasks sweep the recent tasks; the best configuration becomes the "
+                        "settings of the next rounds (default 0: never)")
+    s.add_argument("--tune-space", default=None,
+                   help="the sweep's search space as JSON, e.g. '{\"lr\": {\"type\": \"loguniform\", \"low\": 3e-4, "
+                        "\"high\": 1e-2}}' (the default)")
+    s.add_argument("--tune-trials", type=int, default=None, help="trials per sweep (default 4)")
+    s.add_argument("--tune-objective", default=None,
+                   help="avg_accuracy (default) or generation_score (maximised), generation_drop (minimised)")
+    s.add_argument("--tune-tasks", type=int, default=None, help="recent tasks each sweep trains (default: --tune-every)")
+    tune = sub.add_parser("tune", allow_abbrev=False, help=argparse.SUPPRESS)
+    tune.add_argument("--store", default=None)
+    tune.add_argument("--sweep-json", required=True)
     st = sub.add_parser("status", allow_abbrev=False,
                         help="what the lineage learned, what is in flight, quarantined and failed")
     _common(st)
@@ -86,7 +107,8 @@ def settings_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The lineage settings the command line sets explicitly."""
     out: dict[str, Any] = {}
     for key in ("method", "steps", "spec", "kd_stream", "probe_stream", "min_rows", "max_attempts",
-                "retry_base_seconds", "retry_max_seconds", "hook_every", "hook_command"):
+                "retry_base_seconds", "retry_max_seconds", "hook_every", "hook_command", "max_generation_drop",
+                "max_avg_forgetting", "guard_action", "tune_every", "tune_trials", "tune_objective", "tune_tasks"):
         v = getattr(args, key)
         if v is not None:
             out[key] = v
@@ -100,7 +122,38 @@ def settings_overrides(args: argparse.Namespace) -> dict[str, Any]:
         out["job_args"] = shlex.split(args.job_args)
     if args.include is not None:
         out["include"] = [x.strip() for x in args.include.split(",") if x.strip()]
+    if args.tune_space is not None:
+        try:
+            out["tune_space"] = json.loads(args.tune_space)
+        except ValueError as exc:
+            raise LineageConfigError(f"--tune-space {args.tune_space!r} is not JSON: {exc}") from None
     return out
+
+
+def check_tune_settings(settings: Any, lineage: str) -> None:
+    """Parse the lineage's sweep as a sweep file would be (space, trials, objective), before anything runs."""
+    from cl_platform.scheduler.config import tune_sweep_doc
+    from cl_platform.suites import get_suite
+    from cl_platform.sweeps.space import parse_sweep
+
+    if not settings.tune_every:
+        return
+    suite = settings.run_request().suite
+    tasks = list(get_suite(suite).default_tasks[:1]) or ["task"]
+    parse_sweep(tune_sweep_doc(settings, f"{lineage[:28]}-tune-1", tasks), source="lineage settings tune_*")
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    """Run one lineage sweep (its file given as JSON data, parsed as a sweep file)."""
+    from cl_platform.sweeps.runner import run_sweep
+    from cl_platform.sweeps.space import parse_sweep
+
+    try:
+        doc = json.loads(args.sweep_json)
+    except ValueError as exc:
+        raise ValueError(f"--sweep-json is not JSON: {exc}") from None
+    outcome = run_sweep(parse_sweep(doc, source="--sweep-json"), store=args.store)
+    return 130 if outcome.interrupted else 0
 
 
 def default_log_dir(store: Store, lineage: str) -> str:
@@ -117,6 +170,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     store = Store(args.store)
     lineage = validate_lineage_name(args.lineage)
     settings = settings_from_command_line(settings_overrides(args))
+    check_tune_settings(settings, lineage)
     if args.ray_address:
         runner = RayJobRunner(args.ray_address, job_script=args.job_script, working_dir=args.working_dir)
     else:
@@ -150,6 +204,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 if getattr(args, name) <= 0:
                     raise LineageConfigError(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
             return cmd_run(args)
+        if args.command == "tune":
+            return cmd_tune(args)
         return cmd_status(args)
     except (LineageConfigError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

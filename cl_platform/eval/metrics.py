@@ -151,6 +151,26 @@ def avg_forgetting(R: ArrayLike, tasks: Sequence[int] | None = None) -> float:
     return float(np.mean(per_task))
 
 
+def lower_triangular_forgetting(rows: Any) -> float:
+    """:func:`avg_forgetting` of a lower-triangular accuracy matrix given as ragged rows:
+    ``rows[i]`` holds the ``i + 1`` accuracies on tasks ``0..i`` after round ``i`` (a lineage
+    never evaluates a task before the round that trains it). The formula reads only those entries.
+    ``ValueError`` naming the row when one has another length or a non-finite value.
+    """
+    what = "lower-triangular accuracy matrix"
+    if not isinstance(rows, (list, tuple)) or not rows:
+        raise ValueError(f"{what}: expected a non-empty list of rows, got {rows!r}")
+    T = len(rows)
+    square = np.zeros((T, T), dtype=np.float64)
+    for i, row in enumerate(rows):
+        arr = _as_float_array(row, f"{what} row {i}")
+        if arr.ndim != 1 or arr.shape[0] != i + 1:
+            raise ValueError(f"{what}: row {i} must hold {i + 1} accuracies (tasks 0..{i}), got shape {arr.shape}")
+        _finite(arr, f"{what} row {i}")
+        square[i, : i + 1] = arr
+    return avg_forgetting(square)
+
+
 def bwt(R: ArrayLike, tasks: Sequence[int] | None = None) -> float:
     """Backward transfer (Lopez-Paz and Ranzato 2017, GEM).
 
@@ -271,5 +291,6 @@ __all__ = [
     "fwt",
     "generation_drop",
     "ranking_summary",
+    "lower_triangular_forgetting",
     "summarize",
 ]

@@ -605,13 +605,20 @@ def plot_accuracy_matrix(results: Mapping[str, Any], method: str, matrix: str = 
     if matrix not in MATRIX_PLOTS or matrix not in results["methods"][method]:
         raise KeyError(f"method {method!r} has no {matrix!r} to plot; plots: {list(MATRIX_PLOTS)}")
     title, label = MATRIX_PLOTS[matrix]
-    order = list(results["task_order"])
+    return plot_matrix(results["methods"][method][matrix], list(results["task_order"]), f"{title}: {method}", label)
+
+
+def plot_matrix(R: ArrayLike, order: Sequence[str], title: str, label: str = "accuracy (%)") -> bytes:
+    """PNG heatmap of a ``T x T`` accuracy matrix (fractions; None or NaN: a cell never evaluated or
+    without a value, shown as ``-``), tasks on x, rounds on y, values annotated in %, the diagonal
+    outlined."""
+    order = list(order)
     T = len(order)
-    R = 100.0 * np.asarray(results["methods"][method][matrix], dtype=np.float64)  # None -> NaN
+    R = 100.0 * np.asarray(R, dtype=np.float64)  # None -> NaN
 
     fig = Figure(figsize=(max(4.0, 1.6 + 0.9 * T), max(3.2, 1.2 + 0.7 * T)))
     ax = fig.add_subplot()
-    im = ax.imshow(R, cmap="viridis", vmin=0.0, vmax=100.0, aspect="auto")
+    im = ax.imshow(np.ma.masked_invalid(R), cmap="viridis", vmin=0.0, vmax=100.0, aspect="auto")
     size = max(6, 11 - T // 3)
     for i in range(T):
         for j in range(T):
@@ -622,7 +629,7 @@ def plot_accuracy_matrix(results: Mapping[str, Any], method: str, matrix: str = 
     ax.set_yticks(range(T), _round_labels(order))
     ax.set_xlabel("task evaluated")
     ax.set_ylabel("after round")
-    ax.set_title(f"{title}: {method}")
+    ax.set_title(title)
     fig.colorbar(im, ax=ax, label=label)
     return _png(fig)
 
@@ -636,13 +643,20 @@ def _cell_outline(i: int) -> Any:
 def plot_generation_scores(results: Mapping[str, Any]) -> bytes:
     """PNG line chart of the generation score (%) after each round, one line per method; round 0 is the base."""
     validate_results(results)
-    order = list(results["task_order"])
+    return plot_score_lines({name: entry["generation_scores"] for name, entry in results["methods"].items()},
+                            list(results["task_order"]))
+
+
+def plot_score_lines(curves: Mapping[str, Sequence[float]], order: Sequence[str]) -> bytes:
+    """PNG line chart of generation scores (fractions, base first, then one per task of ``order``),
+    one line per entry of ``curves``."""
+    order = list(order)
     T = len(order)
     fig = Figure(figsize=(max(5.0, 2.0 + 0.9 * (T + 1)), 3.6))
     ax = fig.add_subplot()
     x = np.arange(T + 1)
-    for name, entry in results["methods"].items():
-        ax.plot(x, 100.0 * np.asarray(entry["generation_scores"]), marker="o", label=str(name))
+    for name, scores in curves.items():
+        ax.plot(x, 100.0 * np.asarray(scores, dtype=np.float64), marker="o", label=str(name))
     ax.set_xticks(x, ["0: base", *_round_labels(order)], rotation=30 if T > 3 else 0, ha="right" if T > 3 else "center")
     ax.set_xlabel("after round")
     ax.set_ylabel("generation score (%)")
@@ -803,7 +817,9 @@ __all__ = [
     "plot_accuracy_matrix",
     "plot_gradient_conflict",
     "plot_generation_scores",
+    "plot_matrix",
     "plot_method_comparison",
+    "plot_score_lines",
     "read_results",
     "render_markdown",
     "report_images",

@@ -25,7 +25,16 @@ _NAME_RE = re.compile(NAME_PATTERN)
 #: ``jobs/sequence.py`` flags the scheduler sets itself; ``job_args`` may not contain them.
 RESERVED_JOB_FLAGS = ("--store", "--tasks", "--order", "--run", "--from-run", "--resume", "--method", "--methods",
                       "--suite", "--model", "--spec", "--kd-stream", "--probe-stream", "--quick", "--steps",
-                      "--task-digest")
+                      "--task-digest", "--evaluate-earlier")
+
+#: The metrics a lineage's sweep may optimise, with their sense.
+TUNE_OBJECTIVES = {"avg_accuracy": "max", "generation_score": "max", "generation_drop": "min"}
+
+#: Optimiser steps per round of ``--quick`` (the sequence command's).
+QUICK_STEPS = 12
+
+#: What a round crossing a guard rail does (:attr:`LineageSettings.guard_action`).
+GUARD_ACTIONS = ("hold", "warn")
 
 #: Longest lineage name: round runs are ``<lineage>-<n>-<task>`` and must fit the 64-character run rule.
 MAX_LINEAGE_CHARS = 40
@@ -57,6 +66,70 @@ def check_job_args(job_args: Sequence[str]) -> None:
     except LineageConfigError as exc:
         raise LineageConfigError(f"lineage setting job_args={list(job_args)!r}: {exc} (allowed: the method, "
                                  "training and Ray settings of the sequence command)") from None
+
+
+def tunable_settings() -> dict[str, str]:
+    """The settings a lineage's sweep may search, with their ``jobs/sequence.py`` flags."""
+    from cl_platform.fields import settings
+    from cl_platform.methods.base import MethodConfig
+    from cl_platform.train.config import SequenceConfig
+
+    return {s.name: s.flag for cls in (MethodConfig, SequenceConfig) for s in settings(cls).values() if s.sweep == "search"}
+
+
+def tuned_job_args(params: Mapping[str, Any], space: Mapping[str, Any]) -> list[str]:
+    """The sequence arguments of a sweep's chosen ``params``: only the settings of ``space``, each
+    value checked as a ``job_args`` value is; :class:`LineageConfigError` naming what is wrong."""
+    flags = tunable_settings()
+    if not isinstance(params, Mapping) or set(params) != set(space):
+        raise LineageConfigError(f"the sweep's chosen configuration {params!r} does not set exactly the searched "
+                                 f"settings {sorted(space)}")
+    args: list[str] = []
+    for name in sorted(params):
+        value = params[name]
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise LineageConfigError(f"the sweep's chosen {name}={value!r} is not a setting value")
+        args += [flags[name], str(value)]
+    check_job_args(args)
+    return args
+
+
+def _job_resources(job_args: Sequence[str]) -> dict[str, Any]:
+    """The Ray scaling ``job_args`` sets (``--workers`` ...), for a lineage's sweep trials; one worker
+    of 0.99 CPU and no GPU where they set none (a sweep keeps one CPU for Ray Data)."""
+    parser = _JobArgsParser(prog="job_args", add_help=False, allow_abbrev=False)
+    from cl_platform.train.config import add_setting_arguments
+
+    add_setting_arguments(parser)
+    ns = parser.parse_args(list(job_args))
+    given = {a.split("=", 1)[0] for a in job_args}
+    return {"num_workers": ns.num_workers if "--workers" in given else 1,
+            "cpus_per_worker": ns.cpus_per_worker if "--cpus-per-worker" in given else 0.99,
+            "gpus_per_worker": ns.gpus_per_worker if "--gpus-per-worker" in given and ns.gpus_per_worker else 0}
+
+
+def tune_sweep_doc(settings: "LineageSettings", name: str, tasks: Sequence[str]) -> dict[str, Any]:
+    """The sweep file (as data) of a lineage's every-K sweep named ``name`` over ``tasks``: the
+    lineage's model, streams and method, its ``tune_space``, ``tune_trials`` trials and
+    ``tune_objective``; its ``steps`` (12 with ``quick``) fixed."""
+    objective = settings.tune_objective
+    fixed: dict[str, Any] = {}
+    steps = settings.steps or (QUICK_STEPS if settings.quick else None)
+    if steps:
+        fixed["steps_per_task"] = steps
+    doc: dict[str, Any] = {
+        "name": name, "description": f"lineage sweep over its recent tasks {', '.join(tasks)}",
+        "suite": settings.run_request().suite, "model": settings.model, "spec": settings.spec,
+        "kd_stream": settings.kd_stream, "probe_stream": settings.probe_stream, "method": settings.method,
+        "tasks": list(tasks), "space": dict(settings.tune_space), "fixed": fixed,
+        "search": {"num_samples": settings.tune_trials, "objectives": {objective: TUNE_OBJECTIVES[objective]},
+                   "n_startup_trials": settings.tune_trials, "include_default": False, "max_concurrent_trials": 1,
+                   "scheduler": {"type": "none"}},
+        "resources": _job_resources(settings.job_args),
+    }
+    if settings.quick:
+        doc["probe_size"] = 1
+    return doc
 
 
 def validate_lineage_name(name: Any) -> str:
@@ -104,6 +177,25 @@ class LineageSettings:
             (the latest learned run), ``{tasks}`` (learned tasks, comma-separated), ``{n}``.
             It runs beside the lineage (a Ray job with ``--ray-address``, else a detached process)
             and does not block the next round.
+        max_generation_drop: guard rail: a round after which the generation score is more than this
+            below the base model's (the lineage's generation drop) crosses it (``None``: off).
+        max_avg_forgetting: guard rail: a round after which the lineage's average forgetting (over
+            its lower-triangular accuracy matrix) exceeds this crosses it (``None``: off).
+        guard_action: what a crossing does: ``hold`` keeps the lineage on the previous adapter (the
+            round's run is kept for inspection, not promoted; the next task continues from the
+            previous adapter and the held task is not trained again until its files change);
+            ``warn`` promotes the round with a warning. Either way the crossing is recorded in the
+            state and emitted as a ``guard_rail`` event.
+        tune_every: after every K learned tasks run a sweep over the recent tasks (a job of the
+            scheduler's runner) whose best configuration by ``tune_objective`` becomes the
+            settings of the next rounds (0: never). The chosen values are data: only the settings
+            of ``tune_space`` are taken, checked as ``job_args`` are, and recorded in the state.
+        tune_space: the sweep's search space (a sweep file's ``space:``: searchable method and
+            training settings, e.g. ``{"lr": {"type": "loguniform", "low": 3e-4, "high": 1e-2}}``).
+        tune_trials: trials of each sweep.
+        tune_objective: the metric the best configuration maximises (``avg_accuracy``,
+            ``generation_score``) or minimises (``generation_drop``).
+        tune_tasks: how many of the most recent learned tasks the sweep trains (0: ``tune_every``).
 
     A round resolves its inputs from these settings like any sequence
     (:func:`cl_platform.suites.resolve_run_inputs`).
@@ -125,6 +217,14 @@ class LineageSettings:
     retry_max_seconds: float = 600.0
     hook_every: int = 0
     hook_command: Optional[str] = None
+    max_generation_drop: Optional[float] = None
+    max_avg_forgetting: Optional[float] = None
+    guard_action: str = "hold"
+    tune_every: int = 0
+    tune_space: dict[str, Any] = field(default_factory=lambda: {"lr": {"type": "loguniform", "low": 3e-4, "high": 1e-2}})
+    tune_trials: int = 4
+    tune_objective: str = "avg_accuracy"
+    tune_tasks: int = 0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -152,14 +252,31 @@ class LineageSettings:
         check_job_args(self.job_args)
         if not self.include or not all(isinstance(p, str) and p for p in self.include):
             raise LineageConfigError(f"lineage setting include={self.include!r} must be a non-empty list of patterns")
-        for name in ("min_rows", "max_attempts", "hook_every"):
+        for name in ("min_rows", "max_attempts", "hook_every", "tune_every", "tune_tasks", "tune_trials"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < (1 if name == "max_attempts" else 0):
                 raise LineageConfigError(f"lineage setting {name}={v!r} must be an integer >= {1 if name == 'max_attempts' else 0}")
+        if self.tune_trials < 1:
+            raise LineageConfigError(f"lineage setting tune_trials={self.tune_trials!r} must be an integer >= 1")
+        if self.tune_objective not in TUNE_OBJECTIVES:
+            raise LineageConfigError(f"lineage setting tune_objective={self.tune_objective!r}: one of "
+                                     f"{', '.join(TUNE_OBJECTIVES)}")
+        searchable = tunable_settings()
+        if not isinstance(self.tune_space, dict) or not self.tune_space or any(
+                k not in searchable or not isinstance(v, dict) for k, v in self.tune_space.items()):
+            raise LineageConfigError(f"lineage setting tune_space={self.tune_space!r} must map searchable settings "
+                                     f"({', '.join(searchable)}) to distributions such as "
+                                     "{'type': 'loguniform', 'low': 0.0003, 'high': 0.01}")
         for name in ("retry_base_seconds", "retry_max_seconds"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
                 raise LineageConfigError(f"lineage setting {name}={v!r} must be a number >= 0")
+        for name in ("max_generation_drop", "max_avg_forgetting"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1):
+                raise LineageConfigError(f"lineage setting {name}={v!r} must be a fraction in [0, 1] (or unset: off)")
+        if self.guard_action not in GUARD_ACTIONS:
+            raise LineageConfigError(f"lineage setting guard_action={self.guard_action!r}: one of {', '.join(GUARD_ACTIONS)}")
         if self.hook_every and not self.hook_command:
             raise LineageConfigError("lineage setting hook_every > 0 needs hook_command")
         return self
@@ -250,10 +367,13 @@ def record_settings(store: Store, lineage: str, settings: LineageSettings, *, ho
 
 
 __all__ = [
+    "GUARD_ACTIONS",
     "LineageConfigError",
     "LineageSettings",
     "MAX_LINEAGE_CHARS",
+    "QUICK_STEPS",
     "RESERVED_JOB_FLAGS",
+    "TUNE_OBJECTIVES",
     "check_job_args",
     "lineage_dir",
     "load_settings_record",
@@ -261,5 +381,8 @@ __all__ = [
     "settings_differences",
     "settings_from_command_line",
     "settings_path",
+    "tunable_settings",
+    "tune_sweep_doc",
+    "tuned_job_args",
     "validate_lineage_name",
 ]

@@ -35,6 +35,11 @@ EVENTS: dict[str, str] = {
     "reattached": "an in-flight round from an earlier scheduler was found running and is followed",
     "finished": "a round finished; the task is learned and the lineage's model advanced",
     "failed": "a round failed; retried with backoff, or marked failed after the last attempt",
+    "guard_rail": "a round crossed a guard rail (generation drop, forgetting): held on the previous adapter or promoted "
+                  "with a warning, by the guard_action setting",
+    "tune_started": "the every-K sweep over the recent tasks was submitted; rounds wait for it",
+    "tuned": "the every-K sweep ended: its best configuration is the settings of the next rounds (or it failed: "
+             "the settings stay)",
     "hook_started": "the every-K-tasks policy hook (e.g. a sweep) was started",
     "error": "an unexpected error in one pass (a store or Ray hiccup); the daemon retries at the next poll",
     "stopped": "the scheduler loop ended",

@@ -18,30 +18,36 @@ scheduler killed at any point and restarted neither loses a task nor trains one 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable, Optional
 
-from cl_platform.scheduler.config import LineageSettings, lineage_dir, record_settings
+from cl_platform.scheduler.config import LineageSettings, lineage_dir, record_settings, tune_sweep_doc, tuned_job_args
 from cl_platform.scheduler.detect import content_fingerprint, listing_signature, scan_tasks
 from cl_platform.scheduler.events import EventLog
 from cl_platform.scheduler.lease import Lease, LeaseKeeper, LeaseLost
+from cl_platform.scheduler.progress import guard_crossings, lineage_summary
+from cl_platform.scheduler.report import write_lineage_report
 from cl_platform.scheduler.runner import GONE, NOT_FOUND, JobStatus, Runner, round_args
 from cl_platform.scheduler.state import (
-    FailedTask, InFlightRound, LearnedTask, LineageState, PendingRetry, QuarantinedTask, StateConflictError, StateStore,
+    FailedTask, HeldRound, InFlightRound, LearnedTask, LineageState, PendingRetry, QuarantinedTask, StateConflictError, StateStore,
 )
 from cl_platform.scheduler.validate import Verdict, invalid_name_verdict, lineage_context, lineage_spec, validate_task
 from cl_platform.store import Store
 from cl_platform.suites import available_suites
 
+#: The module whose ``tune`` command runs a lineage's sweep (the command line's: it may use the sweeps).
+TUNE_MODULE = "cl_platform.cli.scheduler"
 #: Exit codes of :meth:`Scheduler.run`.
 EXIT_OK, EXIT_FAILED_ROUNDS, EXIT_NO_LEASE, EXIT_LEASE_LOST = 0, 1, 3, 4
 #: Longest error text kept in the state.
 MAX_ERROR_CHARS = 3000
 #: Metrics copied from a round's ledger record into the lineage state.
-ROUND_METRICS = ("accuracy", "generation_score", "base_generation_score", "loss", "train_seconds", "eval_seconds")
+ROUND_METRICS = ("accuracy", "earlier_accuracy", "generation_score", "base_generation_score", "loss", "train_seconds",
+                 "eval_seconds")
 
 
 @dataclass
@@ -243,7 +249,7 @@ class Scheduler:
             if did:
                 continue
             state = self.states.load()
-            if self.options.once and state.in_flight is None and not state.retries:
+            if self.options.once and state.in_flight is None and state.tuning is None and not state.retries:
                 return EXIT_FAILED_ROUNDS if self.permanent_failures else EXIT_OK
             self.stop_event.wait(self._idle_wait(state))
         return EXIT_OK
@@ -260,6 +266,9 @@ class Scheduler:
         state = self.states.load()
         if state.in_flight is not None:
             self._follow(state)
+            return True
+        if state.tuning is not None:
+            self._follow_tune(state)
             return True
         if state.retries:
             retry = next(iter(state.retries.values()))
@@ -291,7 +300,7 @@ class Scheduler:
                     self.states.save(state)
                     self.events.emit("quarantined", task=name, reason=v.reason, file=None)
                 continue
-            prior = state.quarantined.get(name) or state.failed.get(name)
+            prior = state.quarantined.get(name) or state.failed.get(name) or state.held.get(name)
             if prior is not None:
                 sig = listing_signature(self.store, name)
                 if sig == prior.signature:
@@ -303,6 +312,7 @@ class Scheduler:
                     continue
                 state.quarantined.pop(name, None)
                 state.failed.pop(name, None)
+                state.held.pop(name, None)
                 self.states.save(state)
                 self.events.emit("released_from_quarantine", task=name, fingerprint=fp)
             if not start:
@@ -387,8 +397,13 @@ class Scheduler:
         inf = state.in_flight
         assert inf is not None
         args = round_args(self.settings, self.store.url, task=inf.task, run=inf.run, from_run=inf.from_run)
-        if inf.digest:
-            args += ["--task-digest", f"{inf.task}={inf.digest}"]
+        tuned = state.tuned()
+        if tuned:  # the settings the last sweep chose (after the lineage's job_args: they win)
+            args += tuned_job_args(tuned["params"], tuned["space"])
+        # the round's task, and every earlier task whose eval split it reads, as they were validated
+        for task, digest in [*((t.task, t.digest) for t in state.learned), (inf.task, inf.digest)]:
+            if digest:
+                args += ["--task-digest", f"{task}={digest}"]
         fields = self.runner.submit(inf, args, self.store.url)
         self._mine.add(inf.submission_id)
         now = self.clock()
@@ -428,22 +443,49 @@ class Scheduler:
             self._failed(state, status)
 
     def _learned(self, state: LineageState, outcome: Outcome) -> None:
+        """Record a finished round: promoted (the lineage's model advances), or held back when it
+        crosses a guard rail and ``guard_action`` is ``hold``."""
         inf = state.in_flight
         assert inf is not None and outcome.checkpoint
         now = self.clock()
-        state.learned.append(LearnedTask(
+        learned = LearnedTask(
             task=inf.task, n=inf.n, run=inf.run, from_run=inf.from_run, checkpoint=outcome.checkpoint,
             metrics=outcome.metrics or {}, fingerprint=inf.fingerprint, ready_time=inf.ready_time,
-            submitted_at=inf.submitted_at, finished_at=now, attempts=inf.attempt,
-        ))
+            submitted_at=inf.submitted_at, finished_at=now, attempts=inf.attempt, digest=inf.digest,
+        )
+        s = self.settings
+        crossings = guard_crossings(lineage_summary([*state.learned, learned]),
+                                    {"max_generation_drop": s.max_generation_drop, "max_avg_forgetting": s.max_avg_forgetting})
+        learned.crossings = crossings
+        hold = bool(crossings) and s.guard_action == "hold"
+        if hold:
+            state.held[inf.task] = HeldRound(**asdict(learned), signature=self._signature(inf.task), at=now)
+        else:
+            state.learned.append(learned)
         state.in_flight = None
         state.retries.pop(inf.task, None)
         state.failed.pop(inf.task, None)
         self.states.save(state)
         self._keep_log(inf)
         self.events.emit("finished", task=inf.task, run=inf.run, attempt=inf.attempt, checkpoint=outcome.checkpoint,
-                         metrics=outcome.metrics, seconds=round(now - inf.submitted_at, 1) if inf.submitted_at else None)
+                         metrics=outcome.metrics, seconds=round(now - inf.submitted_at, 1) if inf.submitted_at else None,
+                         promoted=not hold)
+        if crossings:
+            latest = state.latest
+            self.events.emit("guard_rail", task=inf.task, run=inf.run, action=s.guard_action, crossings=crossings,
+                             current_model=latest.run if latest else None)
+        if hold:
+            return
+        self._write_report(state)
         self._maybe_hook(state)
+        self._maybe_tune(state)
+
+    def _write_report(self, state: LineageState) -> None:
+        """Rewrite ``lineages/<name>/report/`` (best effort: the report is for people)."""
+        try:
+            write_lineage_report(self.store, self.lineage, lineage_summary(state.learned))
+        except Exception as exc:
+            self.events.emit("error", error=f"writing the lineage report: {type(exc).__name__}: {exc}")
 
     def _failed(self, state: LineageState, status: JobStatus) -> None:
         inf = state.in_flight
@@ -494,6 +536,67 @@ class Scheduler:
                     self.store.write_bytes(f"{lineage_dir(self.lineage)}/logs/{inf.submission_id}.log", f.read())
             except Exception:
                 pass
+
+    # ------------------------------------------------------------------ the every-K sweep
+    def _maybe_tune(self, state: LineageState) -> None:
+        """After every ``tune_every`` learned tasks: submit the sweep over the recent tasks (write-ahead)."""
+        k = self.settings.tune_every
+        if not k or len(state.learned) % k:
+            return
+        n = len(state.learned)
+        name = f"{self.lineage[:28]}-tune-{n}"
+        tasks = state.learned_names()[-(self.settings.tune_tasks or k):]
+        state.tunes.append({"n": n, "sweep": name, "tasks": tasks, "space": dict(self.settings.tune_space),
+                            "doc": tune_sweep_doc(self.settings, name, tasks), "status": "running", "at": self.clock()})
+        state.tuning = InFlightRound(task=state.latest.task, n=n, run=name, from_run=None, attempt=1,
+                                     runner=self.runner.kind, submission_id=f"{name}-a1", detected_at=self.clock(),
+                                     holder=self.lease.holder)
+        self.states.save(state)
+        self._submit_tune(state)
+
+    def _submit_tune(self, state: LineageState) -> None:
+        inf, entry = state.tuning, state.tunes[-1]
+        assert inf is not None
+        args = ["tune", "--store", self.store.url, "--sweep-json", json.dumps(entry["doc"], sort_keys=True)]
+        fields = self.runner.submit(inf, args, self.store.url, module=TUNE_MODULE)
+        self._mine.add(inf.submission_id)
+        state.tuning = replace(inf, submitted_at=self.clock(), **fields)
+        self.states.save(state)
+        self.events.emit("tune_started", sweep=inf.run, tasks=entry["tasks"], space=entry["space"],
+                         trials=entry["doc"]["search"]["num_samples"], objective=self.settings.tune_objective,
+                         submission_id=inf.submission_id, runner=self.runner.kind)
+
+    def _follow_tune(self, state: LineageState) -> None:
+        """Wait for the sweep; its best configuration (``sweeps/<name>/best.json``, read as data and
+        checked as job_args are) becomes the settings of the next rounds."""
+        inf = state.tuning
+        assert inf is not None
+        status = self.runner.status(inf)
+        if status.state == NOT_FOUND:
+            self._submit_tune(state)
+            return
+        while status.active:
+            if self._halted():
+                return
+            self.stop_event.wait(self.options.follow_seconds)
+            status = self.runner.status(inf)
+        entry = state.tunes[-1]
+        try:
+            best = self.store.read_json(f"sweeps/{inf.run}/best.json")["best"][0]
+            entry["job_args"] = tuned_job_args(best["params"], entry["space"])
+            entry["params"] = {k: best["params"][k] for k in sorted(best["params"])}
+            entry.update(status="done", trial=best.get("trial_id"), objective=self.settings.tune_objective,
+                         value=(best.get("final") or {}).get(self.settings.tune_objective))
+        except Exception as exc:  # no result, or one that is not a configuration of the space: settings stay
+            tail = self.runner.logs_tail(inf, 500)
+            entry.update(status="failed", error=f"{status.state}: {type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]
+                         + (f"\n{tail}" if tail else ""))
+        entry["finished_at"] = self.clock()
+        state.tuning = None
+        self.states.save(state)
+        self._keep_log(inf)
+        self.events.emit("tuned", sweep=inf.run, status=entry["status"], params=entry.get("params"),
+                         objective=entry.get("objective"), value=entry.get("value"), error=entry.get("error"))
 
     def _maybe_hook(self, state: LineageState) -> None:
         k = self.settings.hook_every

@@ -68,8 +68,10 @@ class JobStatus:
 
 
 def round_args(settings: LineageSettings, store_url: str, *, task: str, run: str, from_run: Optional[str]) -> list[str]:
-    """Sequence command arguments of one round (always ``--resume``: it creates or continues the run)."""
-    args = ["--store", store_url, "--tasks", task, "--run", run, "--method", settings.method, "--resume"]
+    """Sequence command arguments of one round (always ``--resume``: it creates or continues the run;
+    always ``--evaluate-earlier 1``: the round also scores every task the lineage learned before it)."""
+    args = ["--store", store_url, "--tasks", task, "--run", run, "--method", settings.method, "--resume",
+            "--evaluate-earlier", "1"]
     if from_run:
         args += ["--from-run", from_run]
     args += ["--suite", settings.run_request().suite]
@@ -89,8 +91,10 @@ class Runner(Protocol):
 
     kind: str
 
-    def submit(self, inflight: InFlightRound, args: list[str], store_url: str) -> dict[str, Any]:
-        """Start the round; returns fields to record in the in-flight record (pid, log, ...)."""
+    def submit(self, inflight: InFlightRound, args: list[str], store_url: str,
+               module: Optional[str] = None) -> dict[str, Any]:
+        """Start the round (or, with ``module``, ``python -m module args``: the lineage's sweep);
+        returns fields to record in the in-flight record (pid, log, ...)."""
 
     def status(self, inflight: InFlightRound) -> JobStatus:
         """Where the round's job is now."""
@@ -169,11 +173,13 @@ class EmbeddedRunner:
             return subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, start_new_session=True)
 
-    def submit(self, inflight: InFlightRound, args: list[str], store_url: str) -> dict[str, Any]:
+    def submit(self, inflight: InFlightRound, args: list[str], store_url: str,
+               module: Optional[str] = None) -> dict[str, Any]:
         import psutil
 
         log_path = os.path.join(self.log_dir, f"{inflight.submission_id}.log")
-        proc = self._spawn([*round_command(self.python, self.job_script), *args], log_path)
+        command = [self.python, "-m", module] if module else round_command(self.python, self.job_script)
+        proc = self._spawn([*command, *args], log_path)
         self._children[inflight.submission_id] = proc
         try:
             started = psutil.Process(proc.pid).create_time()
@@ -294,8 +300,10 @@ class RayJobRunner:
     #: still starting, or busy): seconds before each retry.
     SUBMIT_RETRY_SECONDS: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 15.0)
 
-    def submit(self, inflight: InFlightRound, args: list[str], store_url: str) -> dict[str, Any]:
-        entrypoint = shlex.join([*round_command("python", self.job_script), *args])
+    def submit(self, inflight: InFlightRound, args: list[str], store_url: str,
+               module: Optional[str] = None) -> dict[str, Any]:
+        command = ["python", "-m", module] if module else round_command("python", self.job_script)
+        entrypoint = shlex.join([*command, *args])
         for pause in (*self.SUBMIT_RETRY_SECONDS, None):
             try:
                 self.client.submit_job(

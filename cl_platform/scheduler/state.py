@@ -68,12 +68,17 @@ class LearnedTask:
         run: the run that learned it (``<lineage>-<n>-<task>``).
         from_run: the run it continued (``None`` for the first round: the base model).
         checkpoint: URI of the adapter checkpoint after this round (the lineage's model then).
-        metrics: round metrics (accuracy on the task, generation score, avg accuracy, generation drop, ...).
+        metrics: round metrics (accuracy on the task, ``earlier_accuracy`` on the tasks learned before
+            it, generation score, base generation score, ...).
         fingerprint: sha256 of the task's files when it was learned.
         ready_time: when its ``_READY`` marker landed (epoch seconds).
         submitted_at: when its (last) attempt was submitted (epoch seconds).
         finished_at: when the round's outcome was recorded (epoch seconds).
         attempts: attempts it took.
+        digest: sha256 of the validated ``manifest.json``; later rounds verify it before they read
+            the task's eval split (``--task-digest``).
+        crossings: guard rails the round crossed and was promoted anyway (``guard_action`` warn):
+            ``{"guard", "value", "limit"}`` each.
     """
 
     task: str
@@ -87,6 +92,24 @@ class LearnedTask:
     submitted_at: Optional[float] = None
     finished_at: Optional[float] = None
     attempts: int = 1
+    digest: Optional[str] = None
+    crossings: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class HeldRound(LearnedTask):
+    """A round that crossed a guard rail and was not promoted (``guard_action`` hold): the lineage
+    stayed on the previous adapter; the run is kept for inspection. The task is not trained again
+    until its files change. The fields of :class:`LearnedTask` (``crossings``: the guard rails it
+    crossed), and:
+
+    Attributes:
+        signature: the task's listing signature when it was held.
+        at: when it was held (epoch seconds).
+    """
+
+    signature: Optional[str] = None
+    at: Optional[float] = None
 
 
 @dataclass
@@ -221,6 +244,12 @@ class LineageState:
         retries: task name -> pending retry (at most one: retries block later tasks, keeping order).
         in_flight: the round being trained, if any.
         hooks: policy hooks started: ``{"n", "command", "id", "at"}``.
+        held: task name -> a round held back by a guard rail (not promoted).
+        tuning: the every-K sweep job in flight (its ``run`` is the sweep's name), written before it
+            is submitted; rounds wait for it.
+        tunes: the every-K sweeps, oldest first: ``{"n", "sweep", "tasks", "doc", "status"}`` and,
+            once done, ``params`` and ``job_args`` (the chosen settings), ``objective``, ``value``, or
+            ``error``.
         updated_at: ISO time of the last write.
         lease_generation: the highest lease generation that has written the state (0: none); a
             writer holding an older generation is refused (module docstring).
@@ -237,6 +266,9 @@ class LineageState:
     retries: dict[str, PendingRetry] = field(default_factory=dict)
     in_flight: Optional[InFlightRound] = None
     hooks: list[dict[str, Any]] = field(default_factory=list)
+    held: dict[str, HeldRound] = field(default_factory=dict)
+    tuning: Optional[InFlightRound] = None
+    tunes: list[dict[str, Any]] = field(default_factory=list)
     updated_at: Optional[str] = None
     lease_generation: int = 0
     lease_holder: Optional[str] = None
@@ -257,9 +289,14 @@ class LineageState:
     def used_runs(self) -> set[str]:
         """Every run name the lineage has used (learned, failed, retrying, in flight)."""
         runs = {t.run for t in self.learned} | {f.run for f in self.failed.values()} | {r.run for r in self.retries.values()}
+        runs |= {h.run for h in self.held.values()}
         if self.in_flight:
             runs.add(self.in_flight.run)
         return runs
+
+    def tuned(self) -> Optional[dict[str, Any]]:
+        """The latest sweep that chose settings (they are in force for the next rounds), if any."""
+        return next((t for t in reversed(self.tunes) if t.get("status") == "done"), None)
 
     # -------------------------------------------------------------- (de)serialisation
     def to_dict(self) -> dict[str, Any]:
@@ -276,6 +313,9 @@ class LineageState:
             "retries": {k: asdict(v) for k, v in self.retries.items()},
             "in_flight": asdict(self.in_flight) if self.in_flight else None,
             "hooks": copy.deepcopy(self.hooks),
+            "held": {k: asdict(v) for k, v in self.held.items()},
+            "tuning": asdict(self.tuning) if self.tuning else None,
+            "tunes": copy.deepcopy(self.tunes),
         }
 
     @classmethod
@@ -296,6 +336,9 @@ class LineageState:
                 retries={k: PendingRetry(**v) for k, v in d.get("retries", {}).items()},
                 in_flight=InFlightRound(**d["in_flight"]) if d.get("in_flight") else None,
                 hooks=list(d.get("hooks", [])),
+                held={k: HeldRound(**v) for k, v in d.get("held", {}).items()},
+                tuning=InFlightRound(**d["tuning"]) if d.get("tuning") else None,
+                tunes=list(d.get("tunes", [])),
             )
         except (KeyError, TypeError) as exc:
             raise StateError(f"{where}: malformed lineage state ({type(exc).__name__}: {exc})") from None
@@ -421,6 +464,7 @@ class StateStore:
 
 __all__ = [
     "FailedTask",
+    "HeldRound",
     "InFlightRound",
     "LearnedTask",
     "LineageState",

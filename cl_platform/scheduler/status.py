@@ -8,6 +8,7 @@ from typing import Any, Optional
 
 from cl_platform.scheduler.config import LineageConfigError, LineageSettings, load_settings_record
 from cl_platform.scheduler.lease import Lease
+from cl_platform.scheduler.progress import lineage_summary
 from cl_platform.scheduler.state import StateStore
 from cl_platform.store import Store
 
@@ -19,7 +20,9 @@ def build_status(store: Store, lineage: str, *, now: Optional[float] = None) -> 
     before the first or when the record is unreadable), ``state``
     (the stored state, see :class:`~cl_platform.scheduler.state.LineageState`), ``lease``
     (current record plus ``active``), ``current_model`` (run and checkpoint of the latest
-    learned task, ``None`` before the first).
+    learned task, ``None`` before the first), ``progress`` (what the lineage knows and forgot:
+    the lower-triangular accuracy matrix, the generation curve, current accuracies, average
+    forgetting, generation drop and trend; :func:`~cl_platform.scheduler.progress.lineage_summary`).
     """
     now = time.time() if now is None else now
     settings = _recorded_settings(store, lineage)
@@ -34,6 +37,7 @@ def build_status(store: Store, lineage: str, *, now: Optional[float] = None) -> 
         "lease": None if lease is None else {**lease.__dict__, "active": not lease.free(now)},
         "current_model": None if latest is None else {"run": latest.run, "checkpoint": latest.checkpoint,
                                                        "tasks": state.learned_names()},
+        "progress": lineage_summary(state.learned),
     }
 
 
@@ -77,6 +81,25 @@ def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
     return [line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows]
 
 
+def _pts(v: Any) -> str:
+    return "-" if v is None else f"{100.0 * v:+.1f}"
+
+
+def _progress_lines(p: dict[str, Any]) -> list[str]:
+    """What the lineage knows now: each learned task's current accuracy, forgetting, generation drop, trend."""
+    if not p["tasks"]:
+        return []
+    out = ["", "now (with the current model)"]
+    out += _table(["task", "accuracy"], [[t, _num(a)] for t, a in p["current_accuracy"].items()])
+    out.append(f"avg accuracy {_num(p['avg_accuracy'])}  avg forgetting {_num(p['avg_forgetting'])}  "
+               f"generation drop vs base {_num(p['generation_drop'])}")
+    trend = p["trend"]
+    if trend:
+        out.append(f"trend since the previous round (points): avg accuracy {_pts(trend['avg_accuracy'])}  "
+                   f"avg forgetting {_pts(trend['avg_forgetting'])}  generation score {_pts(trend['generation_score'])}")
+    return out
+
+
 def format_status(status: dict[str, Any]) -> str:
     """A human-readable report of :func:`build_status`'s dict."""
     out = [f"lineage {status['lineage']}  store {status['store']}"]
@@ -94,6 +117,13 @@ def format_status(status: dict[str, Any]) -> str:
         what = "held by" if lease["active"] else "free (last holder"
         end = f" until {_t(lease['expires_at'])}" if lease["active"] else ")"
         out.append(f"lease: {what} {lease['holder']}, generation {lease['generation']}{end}")
+    tuned = next((t for t in reversed(status["state"].get("tunes") or []) if t.get("status") == "done"), None)
+    out.append("settings in force: " + ("the command line's" if tuned is None else _shown(
+        " ".join(f"{k} {v}" for k, v in tuned["params"].items())
+        + f" from sweep {tuned['sweep']} (after {tuned['n']} tasks, {tuned['objective']} {_num(tuned.get('value'))}),"
+        " over the command line's", 400)))
+    if status["state"].get("tuning"):
+        out.append(f"sweep in flight: {status['state']['tuning']['run']}")
     cm = status["current_model"]
     out.append("current model: " + ("the base model (nothing learned yet)" if cm is None
                                      else f"run {cm['run']}  checkpoint {cm['checkpoint']}"))
@@ -105,6 +135,7 @@ def format_status(status: dict[str, Any]) -> str:
              _num(t["metrics"].get("generation_drop")), str(t["attempts"]), _t(t["finished_at"])]
             for t in st["learned"]]
     out += _table(["#", "task", "run", "accuracy", "avg_acc", "gen_score", "gen_drop", "attempts", "learned at"], rows)
+    out += _progress_lines(status["progress"])
     inf = st["in_flight"]
     out.append("")
     if inf:
@@ -129,7 +160,19 @@ def format_status(status: dict[str, Any]) -> str:
                   [[f["task"], f["run"], str(f["attempts"]),
                     f["error"].strip().splitlines()[-1][:120] if f["error"].strip() else ""]
                    for f in st["failed"].values()])
+    held = st.get("held") or {}
+    warned = [t for t in st["learned"] if t.get("crossings")]
+    if held or warned:
+        out.append("")
+        out.append(f"guard rails crossed ({len(held) + len(warned)})")
+        rows = [[h["task"], h["run"], "held: not promoted", _crossed(h["crossings"])] for h in held.values()]
+        rows += [[t["task"], t["run"], "promoted with a warning", _crossed(t["crossings"])] for t in warned]
+        out += _table(["task", "run", "action", "crossed"], rows)
     return "\n".join(out)
+
+
+def _crossed(crossings: list[dict[str, Any]]) -> str:
+    return ", ".join(f"{c['guard']} {_num(c['value'])} > {_num(c['limit'])}" for c in crossings)
 
 
 __all__ = ["build_status", "format_status"]

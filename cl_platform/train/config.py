@@ -86,6 +86,10 @@ class SequenceConfig:
     teacher_cache_limit_gb: float = setting(4.0, ge=0, group="training", sweep="fixed",
                                             help="with --teacher-mode auto: the largest teacher cache (GiB) built "
                                                  "before the online teacher is chosen instead")
+    evaluate_earlier: int = setting(0, ge=0, le=1, group="training", sweep="fixed",
+                                    help="1: after every round also evaluate the tasks learned before this run "
+                                         "(earlier_tasks, the --from-run chain's) and record their accuracies in "
+                                         "the round's ledger metrics as earlier_accuracy; 0: only this run's tasks")
     from_checkpoint: Optional[str] = setting(None, cli=False, help="store path of an adapter to start from "
                                                                    "(another run's final checkpoint)")
     log_every: int = setting(25, ge=1, group="training", sweep="fixed", help="progress line every N steps")

@@ -13,7 +13,7 @@ likely one at its position); any other task's exact match is decoded greedily
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
 import torch
@@ -40,6 +40,8 @@ class EvalSet:
         batch_size: prompts per generate call or per ranking forward.
         candidates: per task, its closed answer set in its fixed order (``None`` or absent: the
             task has none, so no ranking accuracy).
+        earlier_tasks: tasks learned before this run (``cfg.earlier_tasks`` when
+            ``cfg.evaluate_earlier``), their rows in ``rows`` too; scored by :func:`evaluate_earlier`.
     """
 
     tasks: list[str]
@@ -49,6 +51,7 @@ class EvalSet:
     probe: Optional[GenerationProbe] = None
     batch_size: int = 64
     candidates: dict[str, Optional[list[Candidate]]] = field(default_factory=dict)
+    earlier_tasks: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -69,16 +72,18 @@ class EvalScores:
 
 def load_eval_set(cfg: SequenceConfig, store: Store, spec: ModalitySpec) -> EvalSet:
     """Every task's eval split (validated on read), its candidate set (from both splits, closed
-    up to ``cfg.ranking_max_candidates`` answers) and the run's generation probe."""
+    up to ``cfg.ranking_max_candidates`` answers) and the run's generation probe; with
+    ``cfg.evaluate_earlier`` also those of the lineage's earlier tasks."""
+    earlier = list(cfg.earlier_tasks or []) if cfg.evaluate_earlier else []
     rows, candidates = {}, {}
-    for t in cfg.tasks:
+    for t in [*cfg.tasks, *earlier]:
         task = read_task(store, t, vocab_size=spec.vocab_size)
         table = task.eval
         rows[t] = list(zip(table.column("prompt_tokens").to_pylist(), table.column("answer_tokens").to_pylist()))
         candidates[t] = candidate_set(task.train, table, cfg.ranking_max_candidates)
     return EvalSet(tasks=list(cfg.tasks), rows=rows, eos_id=spec.eos_id, pad_id=spec.pad_id,
                    probe=build_probe(cfg.probe, store, spec, cfg.seed), batch_size=cfg.eval_batch_size,
-                   candidates=candidates)
+                   candidates=candidates, earlier_tasks=earlier)
 
 
 def _all_reduce(values: list[float]) -> list[float]:
@@ -131,3 +136,12 @@ def evaluate(model: torch.nn.Module, es: EvalSet, rank: int = 0, world: int = 1)
     scores = scores_from_counts(es, _all_reduce(partial_counts(model, es, rank, world)))
     model.train()
     return scores
+
+
+def evaluate_earlier(model: torch.nn.Module, es: EvalSet, rank: int = 0, world: int = 1) -> dict[str, float]:
+    """Accuracy on every earlier task of the lineage (``es.earlier_tasks``), as :func:`evaluate`
+    scores a task; ``{}`` when there are none."""
+    if not es.earlier_tasks:
+        return {}
+    scores = evaluate(model, replace(es, tasks=list(es.earlier_tasks), probe=None, earlier_tasks=[]), rank, world)
+    return dict(zip(es.earlier_tasks, scores.accuracy))

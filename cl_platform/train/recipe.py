@@ -36,7 +36,7 @@ from cl_platform.models.modality import ModalitySpec
 from cl_platform.train import checkpoint as ckpt
 from cl_platform.train.batches import answer_loss
 from cl_platform.train.config import SequenceConfig
-from cl_platform.train.evaluation import EvalScores, EvalSet, evaluate
+from cl_platform.train.evaluation import EvalScores, EvalSet, evaluate, evaluate_earlier
 from cl_platform.train.ledger import Ledger
 from cl_platform.train.state import Resume, Start, TrainState, decide_resume
 
@@ -386,6 +386,7 @@ class SequenceRecipe:
         t1 = time.time()
         with torch.no_grad(), self.autocast():
             scores = evaluate(self.inner, self.eval_set, self.rank, self.world)
+            earlier = evaluate_earlier(self.inner, self.eval_set, self.rank, self.world)
         eval_s = time.time() - t1
         accs, gen = scores.accuracy, scores.generation
         self.state.accuracy.append(accs)
@@ -401,9 +402,12 @@ class SequenceRecipe:
 
             metrics["gradient_conflict"] = round_gradient_conflict(
                 self.inner, self.fit.store, self.fit.spec, task, cfg.kd_stream, cfg.seed, autocast=self.autocast)
+        if earlier:  # the lineage's tasks learned before this run, scored with this round's adapter
+            metrics["earlier_accuracy"] = earlier
         self.log(f"round {r + 1} '{task}' done in {result.seconds:.1f}s (+{eval_s:.1f}s eval): accuracy "
                  + " ".join(f"{t}={a:.2f}" for t, a in zip(cfg.tasks, accs)) + ranking_text(scores.ranking)
-                 + (f" | generation {gen:.3f}" if gen is not None else ""))
+                 + (f" | generation {gen:.3f}" if gen is not None else "")
+                 + ("".join(f" | earlier {t}={a:.2f}" for t, a in earlier.items())))
         return metrics
 
     # ------------------------------------------------------------------ checkpoints

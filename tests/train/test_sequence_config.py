@@ -26,6 +26,7 @@ BAD = {
     "teacher_cache_limit_gb": -1.0, "earlier_tasks": [],
     "gradient_diagnostic": 2,
     "ranking_max_candidates": -1,
+    "evaluate_earlier": 2,
 }
 
 #: The flags kept from before the parser was generated: flag -> (field, value given, value parsed).
