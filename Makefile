@@ -24,11 +24,14 @@ DEMO_ARGS ?= --suite digits --methods mode,seq_lora,moe_lora
 demo: $(STAMP)
 	$(PY) jobs/sequence.py $(DEMO_ARGS) --run demo-$(shell date +%Y%m%d-%H%M%S)
 
+# Two pytest-xdist workers, one queue of tests, the slow ones first (tests/conftest.py); tests
+# marked xdist_group("name") run on one worker. `make test XDIST=` runs the suite in one process.
+XDIST ?= -n 2 --dist loadgroup
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(XDIST)
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q $(XDIST) -m "not slow"
 
 bench: $(STAMP)
 	$(PY) benchmarks/mode_layer.py

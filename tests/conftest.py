@@ -10,6 +10,13 @@ Fixtures:
     local_infra: :class:`LocalInfra`, helpers of the tests that start a local Ray head or S3
         server with ``infra/local/*-up.sh`` (free ports, process checks, clean-up); the modules
         behind those scripts are imported as ``cl_platform.devstack.*``.
+    digits_store: the digits suite and a briefly pre-trained base, built once per run (shared by
+        the pytest-xdist workers of ``make test``).
+
+Under pytest-xdist (``make test``: ``-n 2 --dist loadgroup``) the end-to-end tests (marked
+``slow``) are queued first, so the two workers start the long tests early and the short ones fill
+in at the end. Every worker is a process of its own: session fixtures run once per worker (moto's
+server is cheap), and each local Ray is started with ``address="local"`` (never joins another).
 """
 
 from __future__ import annotations
@@ -123,6 +130,13 @@ class LocalInfra:
         return down, leftover, record_left
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist, the ``slow`` tests first (a stable sort: every worker collects the same
+    order, which xdist requires)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(scope="session")
 def local_infra() -> LocalInfra:
     return LocalInfra()
@@ -190,18 +204,36 @@ def store(store_url: str):
 # per session and copied by the tests that write into it (sequences, sweeps, the scheduler).
 
 
-@pytest.fixture(scope="session")
-def digits_store(tmp_path_factory) -> str:
-    """Local store with the digits suite and a base model pre-trained for a few steps only."""
+def _write_digits_store(root: Path) -> None:
     from cl_platform.suites.digits.pretrain import PretrainConfig, ensure_base_model
     from cl_platform.suites.digits.publish import write_suite
 
     from cl_platform.store import Store
 
-    root = tmp_path_factory.mktemp("digits_store")
     store = Store(str(root))
     write_suite(store, log=lambda *_: None)
     ensure_base_model(store, PretrainConfig(steps=30, eval_per_digit=1, log_every=10), log=lambda *_: None)
+
+
+@pytest.fixture(scope="session")
+def digits_store(tmp_path_factory) -> str:
+    """Local store with the digits suite and a base model pre-trained for a few steps only.
+
+    Under pytest-xdist the workers share one: the first to ask writes it into the run's base temp
+    dir (the parent of every worker's own) while the others wait on a file lock."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        root = tmp_path_factory.mktemp("digits_store")
+        _write_digits_store(root)
+        return str(root)
+    from filelock import FileLock
+
+    run_dir = tmp_path_factory.getbasetemp().parent
+    root, done = run_dir / "digits_store", run_dir / "digits_store.done"
+    with FileLock(str(run_dir / "digits_store.lock")):
+        if not done.exists():
+            shutil.rmtree(root, ignore_errors=True)  # a worker that died half-way
+            _write_digits_store(root)
+            done.touch()
     return str(root)
 
 

@@ -125,7 +125,7 @@ def test_the_cache_is_built_by_a_ray_data_job_over_actors(tmp_path, stream):
                                                   intermediate_size=64), seed=3)
     base.save_pretrained(tmp_path / "store" / "models" / "base")
     uri = store.uri("models/base")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)  # never joins another Ray
     try:
         sharded = build_teacher_cache(store, uri, pa.array(stream, pa.list_(pa.int32())), prefix="cache/b", pad_id=0,
                                       k=K, temperature=T, key="kb", actors=2, rows_per_shard=2, log=lambda m: None)

@@ -13,7 +13,9 @@ import json
 import math
 import os
 import subprocess
+import shutil
 import sys
+import tempfile
 
 import pytest
 import yaml
@@ -48,11 +50,15 @@ def _run(module: str, *args: str, tmp, timeout: int = 900) -> subprocess.Complet
 
 
 @pytest.fixture(scope="module")
-def user(tmp_path_factory) -> dict:
+def user(tmp_path_factory):
     root = tmp_path_factory.mktemp("user")
     info = build_user_store(root)
-    info["tmp"] = tmp_path_factory.mktemp("ray")
-    return info
+    # short: Ray's socket paths live under it (107 bytes), and an xdist worker's base temp is longer
+    info["tmp"] = tempfile.mkdtemp(prefix="clu-", dir="/tmp")
+    try:
+        yield info
+    finally:
+        shutil.rmtree(info["tmp"], ignore_errors=True)
 
 
 def _check_method(entry: dict, num_tasks: int) -> None:
