@@ -183,7 +183,7 @@ def test_sweep_settings_are_the_config_fields():
     from cl_platform.train.config import SequenceConfig
 
     assert searchable() == ["r_text", "r_image", "num_experts", "lora_alpha", "lora_dropout", "kd_weight", "lr",
-                            "weight_decay"]
+                            "weight_decay", "replay_fraction"]
     for cls, target in ((MethodConfig, "method"), (SequenceConfig, "training")):
         for name, s in settings(cls).items():
             if s.sweep:
@@ -199,7 +199,8 @@ REFUSED = {"r_text": 0, "r_image": 0, "num_experts": 0, "lora_alpha": 0.0, "lora
            "target_modules": [], "kd_temperature": 0.0, "kd_top_k": 0, "lr": 0.0, "weight_decay": -1.0,
            "steps_per_task": 0, "batch_size": 0, "kd_batch_size": 0, "warmup_frac": 1.0, "grad_clip": -1.0,
            "checkpoint_every": -1, "eval_batch_size": 0, "seed": -1, "log_every": 0, "max_failures": -1,
-           "precision": "fp16", "gradient_checkpointing": 2, "teacher_mode": "gpu", "teacher_cache_limit_gb": -1.0}
+           "precision": "fp16", "gradient_checkpointing": 2, "teacher_mode": "gpu", "teacher_cache_limit_gb": -1.0,
+           "replay_fraction": 1.0, "replay_per_task": 0}
 
 
 @pytest.mark.parametrize("name", sorted(REFUSED))
@@ -255,3 +256,11 @@ def test_plan_sends_each_fixed_setting_to_its_dataclass():
     cfg = sequence_config(plan, {"num_experts": 2.0, "lr": 1e-3, "order": 0}, ["parity", "name"], "t-1")
     assert cfg.method_config["num_experts"] == 2 and isinstance(cfg.method_config["num_experts"], int)
     assert cfg.lr == 1e-3 and cfg.seed == 3
+
+
+def test_a_sweep_can_search_the_replay_fraction():
+    spec = parse_sweep(bad(space__replay_fraction={"type": "uniform", "low": 0.0, "high": 0.5}))
+    assert spec.param("replay_fraction").describe() == "uniform(0, 0.5)"
+    assert default_point(spec)["replay_fraction"] == 0.0  # the default trial replays nothing
+    with pytest.raises(SweepConfigError, match="replay_fraction must be >= 0 and < 1, got 1.0"):
+        parse_sweep(bad(space__replay_fraction={"type": "uniform", "low": 0.0, "high": 1.0}))

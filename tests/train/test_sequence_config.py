@@ -24,6 +24,7 @@ BAD = {
     "num_workers": 0, "cpus_per_worker": 0.0, "gpus_per_worker": -1.0, "max_failures": -1, "cache_rows": -1,
     "torch_threads": -1, "precision": "fp16", "gradient_checkpointing": 2, "teacher_mode": "gpu",
     "teacher_cache_limit_gb": -1.0, "earlier_tasks": [],
+    "replay_fraction": 1.0, "replay_per_task": 0,
 }
 
 #: The flags kept from before the parser was generated: flag -> (field, value given, value parsed).
