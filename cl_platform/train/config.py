@@ -54,6 +54,14 @@ class SequenceConfig:
     warmup_frac: float = setting(0.1, ge=0, lt=1, group="training", sweep="fixed",
                                  help="fraction of each round's steps used for linear warm-up")
     weight_decay: float = setting(0.0, ge=0, group="training", sweep="search", help="AdamW weight decay")
+    replay_fraction: float = setting(0.0, ge=0, lt=1, group="training", sweep="search",
+                                     help="share of each training batch replayed from the tasks learned before the "
+                                          "round (the --from-run chain's, then this run's): round(f * batch size) "
+                                          "rows from their replay pools, the rest from the current task (0: none)")
+    replay_per_task: int = setting(1000, ge=1, group="training", sweep="fixed",
+                                   help="rows of an earlier task's train split in its replay pool (at most; a "
+                                        "smaller task gives all its rows), chosen by the seed and the task's name: "
+                                        "the same pool in every round and every run of a lineage")
     grad_clip: float = setting(1.0, ge=0, group="training", sweep="fixed", help="gradient-norm clip (0 disables)")
     checkpoint_every: int = setting(0, ge=0, group="training", sweep="fixed",
                                     help="also checkpoint every N steps inside a round (0: round ends only)")

@@ -34,6 +34,7 @@ from cl_platform.methods.kd import shifted_mask
 from cl_platform.methods.teacher import TeacherSource
 from cl_platform.models.modality import ModalitySpec
 from cl_platform.train import checkpoint as ckpt
+from cl_platform.train import replay
 from cl_platform.train.batches import answer_loss
 from cl_platform.train.config import SequenceConfig
 from cl_platform.train.evaluation import EvalScores, EvalSet, evaluate, evaluate_earlier
@@ -349,7 +350,18 @@ class SequenceRecipe:
         # train exactly as the same rounds of one sequence run.
         g = cfg.lineage_round(r)
         torch.manual_seed(round_seed(cfg.seed, g, start_step))
-        it = self.fit.shards.batches(f"task_{r}", cfg.batch_size, cfg.seed + 1000 * g + start_step)
+        seed = cfg.seed + 1000 * g + start_step
+        count = replay.replay_count(cfg.replay_fraction, cfg.batch_size)
+        sources = replay.earlier_tasks_of(cfg.earlier_tasks, cfg.tasks, r) if count else []
+        if count and not sources:
+            self.log(f"replay: round {r + 1} '{task}' has no earlier task, so it trains without replay")
+        if sources:  # batch_size - count rows of the task, count rows of the earlier tasks' pools
+            pools = [self.fit.replay_pool(t) for t in sources]
+            self.log(f"round {r + 1} " + replay.describe(pools, count, cfg.batch_size))
+            it = replay.mixed_batches(self.fit.shards.rows(f"task_{r}", cfg.batch_size - count, seed),
+                                      replay.replay_batches(pools, count, seed, worker=self.rank), self.fit.spec.pad_id)
+        else:
+            it = self.fit.shards.batches(f"task_{r}", cfg.batch_size, seed)
         if self.teacher is not None:
             self.kd_iter = self.fit.shards.batches("kd", cfg.kd_batch_size, cfg.seed + 7 + 1000 * g + start_step)
         model.train()

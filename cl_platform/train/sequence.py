@@ -21,6 +21,7 @@ from cl_platform.models.modality import ModalitySpec
 from cl_platform.store import Store
 from cl_platform.train.config import SequenceConfig, auto_gpus_per_worker
 from cl_platform.train.ledger import Ledger
+from cl_platform.train import replay
 
 
 def model_identity(store: Store, model_uri: str) -> str:
@@ -124,13 +125,20 @@ def ray_run_name(methods: Sequence[str]) -> str:
     return "+".join(methods)
 
 
+def _train_rows(store: Store, task: str) -> int:
+    """Rows of ``task``'s train split, from its manifest."""
+    return int(store.read_json(f"{dataset_dir(task)}/manifest.json")["rows"]["train"])
+
+
 def fit_methods(cfgs: Sequence[SequenceConfig], store: Store, *, callbacks: Optional[list] = None,
                 log: Callable[[str], None] = print, verbose: bool = False) -> None:
     """One ``TorchTrainer.fit`` whose loop trains each config's method in turn through every round.
 
     The configs differ only in ``method``, ``method_config`` and ``from_checkpoint``. The fit
     starts once and reads each task split once per worker for all of them (see
-    :mod:`cl_platform.train.shards`), so several methods cost one fit's set-up. Ray's routine
+    :mod:`cl_platform.train.shards`), so several methods cost one fit's set-up. With
+    ``replay_fraction`` > 0 the fit also reads the train split of every task some round replays
+    (``replay_<task>``, whole in every worker; :mod:`cl_platform.train.replay`). Ray's routine
     per-report, per-checkpoint and per-dataset lines only with ``verbose``
     (:mod:`cl_platform.train.ray_logging`).
     """
@@ -148,11 +156,18 @@ def fit_methods(cfgs: Sequence[SequenceConfig], store: Store, *, callbacks: Opti
     spec = ModalitySpec.from_dict(cfg.spec)
     ranges = [list(r) for r in spec.image_token_ranges]
     datasets = {f"task_{i}": train_dataset(store, t, ranges) for i, t in enumerate(cfg.tasks)}
-    rows = {f"task_{i}": int(store.read_json(f"{dataset_dir(t)}/manifest.json")["rows"]["train"]) for i, t in enumerate(cfg.tasks)}
+    rows = {f"task_{i}": _train_rows(store, t) for i, t in enumerate(cfg.tasks)}
     if any(get_method(c.method).needs_teacher for c in cfgs) and cfg.kd_stream:
         stream = read_stream(store, cfg.kd_stream, vocab_size=spec.vocab_size).data
         datasets["kd"] = stream_dataset(stream, ranges)
         rows["kd"] = stream.num_rows
+    # the train splits some round replays, each read whole by every worker (none without replay)
+    for t in replay.fit_replay_tasks(cfg.replay_fraction, cfg.batch_size, cfg.earlier_tasks, cfg.tasks):
+        if not store.exists(f"{dataset_dir(t)}/manifest.json"):
+            raise ValueError(f"replay: task {t!r}, learned before this run, is not in the store {store.uri('')}")
+        datasets[replay.dataset_name(t)] = train_dataset(store, t, ranges)
+        rows[replay.dataset_name(t)] = _train_rows(store, t)
+    split = [n for n in datasets if not n.startswith(replay.DATASET_PREFIX)]
     fs, root = store.pyarrow_filesystem()
     storage = f"{root.rstrip('/')}/runs/{cfg.run}/ray"
     if store.is_local:
@@ -175,7 +190,7 @@ def fit_methods(cfgs: Sequence[SequenceConfig], store: Store, *, callbacks: Opti
         datasets=datasets,
         # One worker needs no split: it reads each dataset itself instead of through a
         # SplitCoordinator actor per dataset (a process start each: about 2.8 s of CPU here).
-        dataset_config=ray.train.DataConfig(datasets_to_split="all" if cfg.num_workers > 1 else []),
+        dataset_config=ray.train.DataConfig(datasets_to_split=split if cfg.num_workers > 1 else []),
     )
     trainer.fit()
 

@@ -1,7 +1,9 @@
 """A worker's batches from its Ray Data shards: small shards read once, ahead of need, in memory.
 
-A fit hands every worker one shard per task (``task_<r>``) and, for methods with a teacher, one of
-the KD stream (``kd``). :class:`ShardBatches` serves endless padded batches of any of them:
+A fit hands every worker one shard per task (``task_<r>``), for methods with a teacher one of
+the KD stream (``kd``) and, with replay, the whole train split of every replayed task
+(``replay_<task>``, :mod:`cl_platform.train.replay`). :class:`ShardBatches` serves endless
+padded batches (or unpadded rows) of any of them:
 
 - A shard of at most ``cache_rows`` rows (known before the fit from the split's manifest) is read
   once per worker process by a background thread, in the order the rounds need them, while the
@@ -39,8 +41,9 @@ def shard_rows(total_rows: int, world_size: int) -> int:
     return -(-int(total_rows) // max(1, int(world_size)))
 
 
-def stream_batches(shard, batch_size: int, pad_id: int, seed: int) -> Iterator[dict]:
-    """Endless padded batches streamed from a Ray Data shard, pass after pass (seed + pass)."""
+def stream_rows(shard, batch_size: int, seed: int) -> Iterator[dict[str, np.ndarray]]:
+    """Endless batches of rows (numpy columns) streamed from a Ray Data shard, pass after pass
+    (local shuffle seeded by seed + pass)."""
     epoch = 0
     while True:
         seen = 0
@@ -49,14 +52,19 @@ def stream_batches(shard, batch_size: int, pad_id: int, seed: int) -> Iterator[d
             local_shuffle_seed=seed + epoch, drop_last=False,
         ):
             seen += len(batch["tokens"])
-            yield pad_collate(batch, pad_id)
+            yield batch
         if seen == 0:
             raise ValueError("empty dataset shard: the task has fewer rows than workers")
         epoch += 1
 
 
-def memory_batches(columns: Mapping[str, np.ndarray], batch_size: int, pad_id: int, seed: int) -> Iterator[dict]:
-    """Endless padded batches over rows held in memory, a fresh seeded permutation every pass."""
+def stream_batches(shard, batch_size: int, pad_id: int, seed: int) -> Iterator[dict]:
+    """Endless padded batches streamed from a Ray Data shard, pass after pass (seed + pass)."""
+    return padded(stream_rows(shard, batch_size, seed), pad_id)
+
+
+def memory_rows(columns: Mapping[str, np.ndarray], batch_size: int, seed: int) -> Iterator[dict[str, np.ndarray]]:
+    """Endless batches of rows held in memory, a fresh seeded permutation every pass."""
     n = len(next(iter(columns.values()))) if columns else 0
     if n == 0:
         raise ValueError("empty dataset shard: the task has fewer rows than workers")
@@ -65,7 +73,18 @@ def memory_batches(columns: Mapping[str, np.ndarray], batch_size: int, pad_id: i
         order = rng.permutation(n)
         for lo in range(0, n, batch_size):
             idx = order[lo : lo + batch_size]
-            yield pad_collate({k: v[idx] for k, v in columns.items()}, pad_id)
+            yield {k: v[idx] for k, v in columns.items()}
+
+
+def memory_batches(columns: Mapping[str, np.ndarray], batch_size: int, pad_id: int, seed: int) -> Iterator[dict]:
+    """Endless padded batches over rows held in memory, a fresh seeded permutation every pass."""
+    return padded(memory_rows(columns, batch_size, seed), pad_id)
+
+
+def padded(rows: Iterator[Mapping[str, np.ndarray]], pad_id: int) -> Iterator[dict]:
+    """:func:`~cl_platform.data.pipeline.pad_collate` of every batch of ``rows``."""
+    for batch in rows:
+        yield pad_collate(batch, pad_id)
 
 
 def read_shard(shard) -> dict[str, np.ndarray]:
@@ -89,13 +108,16 @@ class ShardBatches:
         cache_rows: shards of at most this many rows are read once and kept in memory
             (0: every shard is streamed on every pass).
         pad_id: padding token id.
+        whole: datasets every worker reads whole (not split between the workers: the replay sources).
     """
 
     def __init__(self, shards: Mapping[str, Any], rows: Mapping[str, int], world_size: int, cache_rows: int,
-                 pad_id: int) -> None:
+                 pad_id: int, whole: Iterable[str] = ()) -> None:
         self._shards = dict(shards)
         self._pad_id = pad_id
-        self._small = {n for n in self._shards if 0 < shard_rows(rows.get(n, 0), world_size) <= cache_rows}
+        whole = set(whole)
+        self._small = {n for n in self._shards
+                       if 0 < shard_rows(rows.get(n, 0), 1 if n in whole else world_size) <= cache_rows}
         self._ready = {n: threading.Event() for n in self._small}
         self._data: dict[str, dict[str, np.ndarray]] = {}
         self._errors: dict[str, BaseException] = {}
@@ -125,12 +147,29 @@ class ShardBatches:
 
     def batches(self, name: str, batch_size: int, seed: int) -> Iterator[dict]:
         """Endless padded batches of shard ``name``; passes are seeded from ``seed``."""
+        return padded(self.rows(name, batch_size, seed), self._pad_id)
+
+    def rows(self, name: str, batch_size: int, seed: int) -> Iterator[dict[str, np.ndarray]]:
+        """Endless batches of rows (numpy columns) of shard ``name``; passes are seeded from ``seed``."""
+        if name not in self._small:
+            return stream_rows(self._shard(name), batch_size, seed)
+        return memory_rows(self._cached(name), batch_size, seed)
+
+    def one_pass(self, name: str) -> Iterable[Mapping[str, np.ndarray]]:
+        """Every row of shard ``name`` once, in batches (from memory when it is cached)."""
+        if name not in self._small:
+            return self._shard(name).iter_batches(batch_size=_READ_BATCH, batch_format="numpy", drop_last=False)
+        return [self._cached(name)]
+
+    def _shard(self, name: str):
         if name not in self._shards:
             raise KeyError(f"no dataset shard {name!r} in this fit (have {sorted(self._shards)})")
-        if name not in self._small:
-            return stream_batches(self._shards[name], batch_size, self._pad_id, seed)
+        return self._shards[name]
+
+    def _cached(self, name: str) -> dict[str, np.ndarray]:
+        self._shard(name)
         self.start([name])
         self._ready[name].wait()
         if name in self._errors:
             raise RuntimeError(f"reading dataset shard {name!r} failed: {self._errors[name]}") from self._errors[name]
-        return memory_batches(self._data[name], batch_size, self._pad_id, seed)
+        return self._data[name]

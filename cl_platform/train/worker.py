@@ -25,6 +25,7 @@ from cl_platform.train import checkpoint as ckpt
 from cl_platform.train.config import SequenceConfig
 from cl_platform.train.evaluation import EvalScores, EvalSet, evaluate, load_eval_set
 from cl_platform.train.recipe import RestoredCheckpoint, SequenceRecipe, scores_line
+from cl_platform.train.replay import DATASET_PREFIX, Pool, dataset_name, select_pool
 from cl_platform.train.shards import ShardBatches
 from cl_platform.train.state import TrainState, progress_from_ledger  # noqa: F401 (sequence.method_results imports it from here)
 
@@ -46,9 +47,12 @@ class _Fit:
         self.cfg, self.rank, self.world = cfg, rank, world
         self.store = Store(cfg.store)
         self.spec = ModalitySpec.from_dict(cfg.spec)
-        names = [f"task_{r}" for r in range(len(cfg.tasks))] + (["kd"] if "kd" in rows else [])
+        replay = [n for n in rows if n.startswith(DATASET_PREFIX)]  # read whole by every worker
+        self.replay_names = replay
+        names = [f"task_{r}" for r in range(len(cfg.tasks))] + (["kd"] if "kd" in rows else []) + replay
         self.shards = ShardBatches({n: ray.train.get_dataset_shard(n) for n in names}, rows, world,
-                                   cfg.cache_rows, self.spec.pad_id)
+                                   cfg.cache_rows, self.spec.pad_id, whole=replay)
+        self._pools: dict[str, Pool] = {}
         self.eval_set: Optional[EvalSet] = None
         self._base: Optional[EvalScores] = None
         self.base_eval_seconds = 0.0  # spent evaluating the base model, reported once (see take_base_eval_seconds)
@@ -73,6 +77,15 @@ class _Fit:
         """The base evaluation's seconds the first time asked, 0 after (each is recorded once)."""
         s, self.base_eval_seconds = self.base_eval_seconds, 0.0
         return s
+
+    def replay_pool(self, task: str) -> Pool:
+        """``task``'s replay pool (:func:`cl_platform.train.replay.select_pool` over its train split,
+        read whole from this worker's shard), selected once per fit."""
+        if task not in self._pools:
+            cfg = self.cfg
+            self._pools[task] = select_pool(self.shards.one_pass(dataset_name(task)), task, cfg.replay_per_task,
+                                            cfg.seed)
+        return self._pools[task]
 
     def teacher(self, path: Optional[str], k: int) -> TeacherSource:
         """The KD teacher of the fit: the cache at ``path`` (a folder of shards streamed from the
@@ -124,7 +137,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # thread per core in every worker: workers sharing cores slow each other down several-fold.
     torch.set_num_threads(cfgs[0].torch_threads if cfgs[0].torch_threads > 0 else max(1, int(cfgs[0].cpus_per_worker)))
     fit = _Fit(cfgs[0], rank, world, dict(config.get("rows") or {}))
-    fit.shards.start([f"task_{r}" for r in range(len(cfgs[0].tasks))] + ["kd"])
+    fit.shards.start([f"task_{r}" for r in range(len(cfgs[0].tasks))] + ["kd"]
+                     + fit.replay_names)
     with _latest_checkpoint(cfgs[0].method) as checkpoint:
         for cfg in cfgs:
             SequenceRecipe(cfg, fit).run(checkpoint)

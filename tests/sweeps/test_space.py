@@ -185,7 +185,7 @@ def test_sweep_settings_are_the_config_fields():
     assert searchable() == ["r_text", "r_image", "num_experts", "lora_alpha", "lora_dropout", "kd_weight",
                             "generation_routing",
                             "olora_lambda",
-                            "lr", "weight_decay"]
+                            "lr", "weight_decay", "replay_fraction"]
     for cls, target in ((MethodConfig, "method"), (SequenceConfig, "training")):
         for name, s in settings(cls).items():
             if s.sweep:
@@ -206,6 +206,8 @@ REFUSED = {"r_text": 0, "r_image": 0, "num_experts": 0, "lora_alpha": 0.0, "lora
            "gradient_diagnostic": 2,
            "olora_slots": 0, "olora_lambda": -0.5,
            "ranking_max_candidates": -1,
+           "replay_fraction": 1.0, "replay_per_task": 0,
+           "evaluate_earlier": 2,
            }
 
 
@@ -262,3 +264,11 @@ def test_plan_sends_each_fixed_setting_to_its_dataclass():
     cfg = sequence_config(plan, {"num_experts": 2.0, "lr": 1e-3, "order": 0}, ["parity", "name"], "t-1")
     assert cfg.method_config["num_experts"] == 2 and isinstance(cfg.method_config["num_experts"], int)
     assert cfg.lr == 1e-3 and cfg.seed == 3
+
+
+def test_a_sweep_can_search_the_replay_fraction():
+    spec = parse_sweep(bad(space__replay_fraction={"type": "uniform", "low": 0.0, "high": 0.5}))
+    assert spec.param("replay_fraction").describe() == "uniform(0, 0.5)"
+    assert default_point(spec)["replay_fraction"] == 0.0  # the default trial replays nothing
+    with pytest.raises(SweepConfigError, match="replay_fraction must be >= 0 and < 1, got 1.0"):
+        parse_sweep(bad(space__replay_fraction={"type": "uniform", "low": 0.0, "high": 1.0}))

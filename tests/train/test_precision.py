@@ -129,8 +129,30 @@ def _final_scores(store: str, run: str) -> tuple[list[float], list[float], float
             sum(rec.metrics["train_seconds"] for rec in records))
 
 
+def _check_replay_continuation(store: str, parent: str, capfd) -> None:
+    """A two-task ``--from-run`` continuation of ``parent`` with half of every batch replayed: the
+    ledger records the settings, every round finishes, and round 1 replays the parent's tasks
+    (round 2 also the continuation's first task), pools capped at ``--replay-per-task``."""
+    from cl_platform.cli.sequence import main
+    from cl_platform.store import Store
+    from cl_platform.train.ledger import Ledger
+
+    capfd.readouterr()
+    assert main(["--store", store, "--quick", "--suite", "digits", "--tasks", "name,plus_k", "--method", "mode",
+                 "--steps", "6", "--from-run", parent, "--replay-fraction", "0.5", "--replay-per-task", "40",
+                 "--run", "replay-next"]) == 0
+    out = capfd.readouterr().out
+    ledger = Ledger.open(Store(store), "replay-next")
+    config = ledger.config
+    assert config["replay_fraction"] == 0.5 and config["replay_per_task"] == 40
+    assert config["earlier_tasks"] == ["parity", "compare"] and config["from_run"] == parent
+    assert sorted(ledger.done_rounds("mode")) == [0, 1]
+    assert "round 1 replay: 8 of 16 rows per batch from parity (40 rows), compare (40 rows)" in out, out[-3000:]
+    assert "round 2 replay: 8 of 16 rows per batch from parity (40 rows), compare (40 rows), name (40 rows)" in out
+
+
 @pytest.mark.slow
-def test_a_short_digits_sequence_in_bf16_scores_as_fp32(fresh_digits_store, monkeypatch):
+def test_a_short_digits_sequence_in_bf16_scores_as_fp32(fresh_digits_store, monkeypatch, capfd):
     from cl_platform.cli.sequence import main
     from cl_platform.train.resources import init_ray
 
@@ -146,6 +168,7 @@ def test_a_short_digits_sequence_in_bf16_scores_as_fp32(fresh_digits_store, monk
                          "--gradient-checkpointing", "1" if precision == "bf16" else "0", "--run", run])
             assert code == 0
             scores[precision] = _final_scores(fresh_digits_store, run)
+        _check_replay_continuation(fresh_digits_store, "prec-fp32", capfd)  # sharing this Ray and parent run
     finally:
         import ray
 

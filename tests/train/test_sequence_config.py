@@ -27,6 +27,7 @@ BAD = {
     "gradient_diagnostic": 2,
     "ranking_max_candidates": -1,
     "evaluate_earlier": 2,
+    "replay_fraction": 1.0, "replay_per_task": 0,
 }
 
 #: The flags kept from before the parser was generated: flag -> (field, value given, value parsed).

@@ -69,6 +69,9 @@ def test_a_shard_over_the_limit_is_streamed():
     shards = ShardBatches({"task_0": object(), "kd": object()}, {"task_0": 101, "kd": 100}, 2, 50, pad_id=0)
     assert not shards.is_cached("task_0")  # 51 rows per worker
     assert shards.is_cached("kd")  # 50 rows per worker
+    whole = ShardBatches({"task_0": object(), "replay_a": object()}, {"task_0": 100, "replay_a": 100}, 2, 50,
+                         pad_id=0, whole=["replay_a"])
+    assert whole.is_cached("task_0") and not whole.is_cached("replay_a")  # every worker reads replay_a whole
 
 
 def test_memory_passes_are_seeded_and_every_method_sees_the_same_batches(ray_local):
@@ -116,3 +119,15 @@ def test_empty_shard_is_an_error(ray_local):
         next(stream_batches(empty.iterator(), 4, pad_id=0, seed=0))
     with pytest.raises(ValueError, match="empty dataset shard"):
         next(memory_batches({}, 4, pad_id=0, seed=0))
+
+
+def test_a_replay_pool_is_the_same_streamed_or_from_memory(ray_local):
+    from cl_platform.train.replay import select_pool
+
+    pools = []
+    for cache_rows in (0, 1000):
+        shards = ShardBatches({"replay_a": _dataset(37, False).iterator()}, {"replay_a": 37}, 2, cache_rows, pad_id=0,
+                              whole=["replay_a"])
+        pools.append(select_pool(shards.one_pass("replay_a"), "a", 10, seed=3))
+    ids = [[int(t[0]) for t in p.columns["tokens"]] for p in pools]
+    assert len(ids[0]) == len(set(ids[0])) == 10 and ids[0] == ids[1]
