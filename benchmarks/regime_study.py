@@ -7,7 +7,8 @@ A cell whose run already has ``results.json`` is read back, not rerun; a cell wh
 interrupted is continued with ``--resume``. From each run's ``results.json``, per method:
 
 - plasticity: mean of the accuracy matrix diagonal (accuracy on each task right after learning it);
-- final average accuracy, average forgetting and generation drop (the run's metrics);
+- final average accuracy, average forgetting and generation drop (the run's metrics), and the final
+  accuracy on the tasks before the last (what is kept of them: near 0 when forgetting is total);
 - upper-bound gap: per task, the accuracy of a LoRA trained on that task alone from the base model
   (README "LoRA alone" row, or ``--upper-bound`` a JSON line of ``benchmarks/digits_upper_bound.py``)
   minus the method's diagonal; its mean and maximum over tasks.
@@ -84,10 +85,13 @@ def method_regime_metrics(entry: Mapping[str, Any], order: Sequence[str], upper:
         "final_accuracy": {t: float(R[-1, i]) for i, t in enumerate(order)},
         "avg_accuracy": float(metrics["avg_accuracy"]),
         "avg_forgetting": float(metrics["avg_forgetting"]),
+        "earlier_final": float(R[-1, :-1].mean()) if len(order) > 1 else None,
         "generation_drop": float(metrics["generation_drop"]),
         "upper_bound_gap": gaps,
         "mean_gap": float(np.mean(list(gaps.values()))) if gaps else None,
         "max_gap": float(max(gaps.values())) if gaps else None,
+        "train_seconds": float(sum(r.get("train_seconds") or 0.0 for r in entry.get("rounds", []))),
+        "eval_seconds": float(sum(r.get("eval_seconds") or 0.0 for r in entry.get("rounds", []))),
     }
 
 
@@ -116,8 +120,8 @@ def run_cell(store_url: str, lr: float, steps: int, methods: str, extra: Sequenc
 
 def table(cells: Sequence[Mapping[str, Any]]) -> str:
     """One line per (lr, steps, method): the regime metrics in percent / points."""
-    head = f"{'lr':>7} {'steps':>5} {'method':<9} {'plast.':>6} {'final':>6} {'forget':>6} {'gen.drop':>8} " \
-           f"{'mean gap':>8} {'max gap':>7} {'wall s':>7}"
+    head = f"{'lr':>7} {'steps':>5} {'method':<9} {'plast.':>6} {'final':>6} {'kept':>5} {'forget':>6} " \
+           f"{'gen.drop':>8} {'mean gap':>8} {'max gap':>7} {'wall s':>7}"
     lines = [head, "-" * len(head)]
     for c in cells:
         wall = (c.get("timing") or {}).get("wall_s")
@@ -125,7 +129,8 @@ def table(cells: Sequence[Mapping[str, Any]]) -> str:
             gap = ("{:8.1f}".format(100 * r["mean_gap"]) if r["mean_gap"] is not None else f"{'-':>8}",
                    "{:7.1f}".format(100 * r["max_gap"]) if r["max_gap"] is not None else f"{'-':>7}")
             lines.append(f"{c['lr']:>7g} {c['steps']:>5} {m:<9} {100 * r['plasticity']:6.1f} "
-                         f"{100 * r['avg_accuracy']:6.1f} {100 * r['avg_forgetting']:6.1f} "
+                         f"{100 * r['avg_accuracy']:6.1f} {100 * (r.get('earlier_final') or 0.0):5.1f} "
+                         f"{100 * r['avg_forgetting']:6.1f} "
                          f"{100 * r['generation_drop']:8.1f} {gap[0]} {gap[1]} "
                          f"{wall if wall is not None else '-':>7}")
     return "\n".join(lines)
