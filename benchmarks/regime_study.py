@@ -13,7 +13,7 @@ interrupted is continued with ``--resume``. From each run's ``results.json``, pe
   (README "LoRA alone" row, or ``--upper-bound`` a JSON line of ``benchmarks/digits_upper_bound.py``)
   minus the method's diagonal; its mean and maximum over tasks.
 
-Writes ``<store>/studies/regime/regime.json`` and ``regime.png`` (plasticity against final average
+Writes ``<store>/studies/regime/regime.json``, ``regime.md`` (the table) and ``regime.png`` (plasticity against final average
 accuracy and against forgetting, one marker per (method, lr, steps)), copies the plot to
 ``docs/images/regime.png``, prints a table, then one JSON line last.
 
@@ -136,6 +136,19 @@ def table(cells: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def markdown_table(cells: Sequence[Mapping[str, Any]]) -> str:
+    """The table of :func:`table` in markdown (percent / points), for docs."""
+    lines = ["| lr | steps | method | plasticity | final avg acc | kept (earlier tasks) | forgetting | "
+             "generation drop | mean gap to LoRA alone | max gap |", "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for c in cells:
+        for m, r in c["methods"].items():
+            gap = [f"{100 * r[k]:.1f}" if r[k] is not None else "-" for k in ("mean_gap", "max_gap")]
+            lines.append(f"| {c['lr']:g} | {c['steps']} | {m} | {100 * r['plasticity']:.1f} | {100 * r['avg_accuracy']:.1f} "
+                         f"| {100 * (r.get('earlier_final') or 0.0):.1f} | {100 * r['avg_forgetting']:.1f} "
+                         f"| {100 * r['generation_drop']:.1f} | {gap[0]} | {gap[1]} |")
+    return "\n".join(lines) + "\n"
+
+
 def plot(cells: Sequence[Mapping[str, Any]]) -> bytes:
     """PNG: plasticity against final average accuracy (left) and against forgetting (right)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -158,6 +171,8 @@ def plot(cells: Sequence[Mapping[str, Any]]) -> bytes:
                     methods.append(m)
                 ax.scatter(100 * r["plasticity"], 100 * r[key], marker=MARKERS.get(m, "o"), s=sizes[c["steps"]],
                            color=colors[c["lr"]], edgecolors="black", linewidths=0.5, alpha=0.85)
+                ax.annotate(f"{c['lr']:g}/{c['steps']}", (100 * r["plasticity"], 100 * r[key]), fontsize=6,
+                            xytext=(4, 3), textcoords="offset points", color="dimgray")
         ax.set_xlabel("plasticity: mean accuracy right after each task (%)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
@@ -237,6 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if cells:
         png = plot(cells)
         store.write_bytes(f"{STUDY_PREFIX}/regime.png", png)
+        store.write_bytes(f"{STUDY_PREFIX}/regime.md", markdown_table(cells).encode())
         if args.images:
             os.makedirs(os.path.dirname(args.images), exist_ok=True)
             with open(args.images, "wb") as f:
