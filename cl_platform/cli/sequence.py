@@ -112,24 +112,38 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return args
 
 
+def methods_of(args: argparse.Namespace) -> list[str]:
+    """The methods of a parsed command line (``--methods``, else ``--method``, else mode)."""
+    return _csv(args.methods) or ([args.method] if args.method else ["mode"])
+
+
+def run_request(args: argparse.Namespace) -> RunRequest:
+    """The :class:`RunRequest` of a parsed command line (suite, tasks, order, model, streams, probe)."""
+    return RunRequest(suite=args.suite, tasks=_csv(args.tasks), order=_csv(args.order), model=args.model,
+                      spec=args.spec, kd_stream=args.kd_stream, probe_stream=args.probe_stream,
+                      probe_size=args.probe_size, quick=args.quick, clip_model=args.clip_model, vqgan=args.vqgan,
+                      image_token_ranges=_ranges(args.image_token_ranges) if args.image_token_ranges else None)
+
+
+def sequence_config(args: argparse.Namespace, inputs, run: str, methods: Sequence[str]) -> SequenceConfig:
+    """The run's :class:`SequenceConfig` from a parsed command line and the resolved inputs."""
+    training = namespace_kwargs(SequenceConfig, args)
+    mc = MethodConfig(**namespace_kwargs(MethodConfig, args), seed=training["seed"])
+    return SequenceConfig(run=run, method=methods[0], **inputs.sequence_fields(), method_config=mc.to_dict(),
+                          **training)
+
+
 def _main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     store = Store(args.store)
     for task, digest in args.task_digest:  # before anything of the task is read
         verify_dataset(store, task, digest)
-    methods = _csv(args.methods) or ([args.method] if args.method else ["mode"])
-    request = RunRequest(suite=args.suite, tasks=_csv(args.tasks), order=_csv(args.order), model=args.model,
-                         spec=args.spec, kd_stream=args.kd_stream, probe_stream=args.probe_stream,
-                         probe_size=args.probe_size, quick=args.quick, clip_model=args.clip_model, vqgan=args.vqgan,
-                         image_token_ranges=_ranges(args.image_token_ranges) if args.image_token_ranges else None)
-    inputs = resolve_run_inputs(store, request)
+    methods = methods_of(args)
+    inputs = resolve_run_inputs(store, run_request(args))
     print(inputs.describe(), flush=True)
-    training = namespace_kwargs(SequenceConfig, args)
-    run_name = args.run or f"{inputs.suite}-{'-'.join(methods)}-s{training['seed']}".replace("_", "-")
-    mc = MethodConfig(**namespace_kwargs(MethodConfig, args), seed=training["seed"])
-    cfg = SequenceConfig(run=run_name, method=methods[0], **inputs.sequence_fields(), method_config=mc.to_dict(),
-                         **training)
+    run_name = args.run or f"{inputs.suite}-{'-'.join(methods)}-s{args.seed}".replace("_", "-")
+    cfg = sequence_config(args, inputs, run_name, methods)
     from cl_platform.train.sequence import run_sequence
 
     run_sequence(cfg, methods, resume=args.resume, from_run=args.from_run, ray_address=args.ray_address,
