@@ -143,7 +143,8 @@ def check_complete(store: Store, run: str, method: str, tasks) -> Ledger:
     entry = results["methods"][method]
     assert len(entry["accuracy_matrix"]) == len(tasks) and all(len(row) == len(tasks) for row in entry["accuracy_matrix"])
     assert len(entry["generation_scores"]) == len(tasks) + 1
-    assert set(entry["metrics"]) == {"avg_accuracy", "avg_forgetting", "bwt", "fwt", "generation_drop"}
+    assert set(entry["metrics"]) == {"avg_accuracy", "avg_forgetting", "bwt", "fwt", "generation_drop",
+                                     "ranking_avg_accuracy", "ranking_forgetting", "ranking_bwt"}
     ledger = Ledger.open(store, run)
     recs = [r for r in ledger.rounds if r.method == method]
     assert [r.round for r in recs] == list(range(len(tasks))), [r.describe() for r in recs]  # each round once
