@@ -27,11 +27,15 @@ demo: $(STAMP)
 # Two pytest-xdist workers, one queue of tests, the slow ones first (tests/conftest.py); tests
 # marked xdist_group("name") run on one worker. `make test XDIST=` runs the suite in one process.
 XDIST ?= -n 2 --dist loadgroup
+# The tests that start a local Ray head or S3 server (marker local_infra: default dashboard port,
+# ray job submit) run after, in one process: beside another worker's Ray their ports collide.
 test: $(STAMP)
-	$(PY) -m pytest -q $(XDIST)
+	$(PY) -m pytest -q $(XDIST) -m "not local_infra"
+	$(PY) -m pytest -q -m local_infra
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q $(XDIST) -m "not slow"
+	$(PY) -m pytest -q $(XDIST) -m "not slow and not local_infra"
+	$(PY) -m pytest -q -m "local_infra and not slow"
 
 bench: $(STAMP)
 	$(PY) benchmarks/mode_layer.py

@@ -134,11 +134,11 @@ class LocalInfra:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under pytest-xdist, the ``slow`` tests first (a stable sort: every worker collects the same
     order, which xdist requires). The tests that start a local Ray head or S3 server (the
-    ``local_infra`` fixture: ``infra/local/*-up.sh``, default ports, ``ray job submit``) share one
-    ``xdist_group``, so they run one after another on one worker (``--dist loadgroup``)."""
+    ``local_infra`` fixture: ``infra/local/*-up.sh``, default ports, ``ray job submit``) get the
+    ``local_infra`` marker: ``make test`` runs them after the others, in one process."""
     for item in items:
         if "local_infra" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("local_infra"))
+            item.add_marker(pytest.mark.local_infra)
     if os.environ.get("PYTEST_XDIST_WORKER"):
         items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
