@@ -10,7 +10,10 @@ A study runs one sequence per (order, seed) cell, every method of the cell in th
   is ``None`` (no spread measured);
 - a metric a run does not carry (absent, or ``None``) is aggregated over the runs that carry it,
   ``n`` saying how many; a run that failed or has no ``results.json`` is named in ``failed`` and
-  left out of every aggregate.
+  left out of every aggregate;
+- the gradient-conflict diagnostic of a method's rounds enters as ``gradient_<stat>`` per
+  :data:`GRADIENT_STATS` (:func:`gradient_summary`);
+- ``claims``: the paper's claims about MoDE checked run by run (:mod:`cl_platform.sweeps.claims`).
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ STD_DDOF = 1
 DONE, FAILED = "done", "failed"
 #: Names of studies (and so of their runs' prefix): the store's name rule, leaving room for ``-o<k>-s<seed>``.
 STUDY_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,47}")
+#: Overall gradient-conflict statistics (:mod:`cl_platform.train.gradients`) a study averages over a run's rounds.
+GRADIENT_STATS = ("cosine", "task_share", "generation_share")
 #: Above this many tasks, other orders are drawn at random instead of from the list of all permutations.
 _ENUMERATE_UP_TO = 7
 
@@ -99,12 +104,27 @@ def _numeric(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
+def gradient_summary(entry: Mapping[str, Any]) -> dict[str, float]:
+    """``gradient_<stat>``: the mean over the method's rounds that hold the gradient-conflict
+    diagnostic (``rounds[i].gradient_conflict.overall``) of each of :data:`GRADIENT_STATS`, over the
+    rounds where it is a number (a zero gradient gives ``None``); a stat with no number is left out."""
+    overall = [r["gradient_conflict"]["overall"] for r in entry.get("rounds") or []
+               if isinstance(r, Mapping) and isinstance(r.get("gradient_conflict"), Mapping)
+               and isinstance(r["gradient_conflict"].get("overall"), Mapping)]
+    out = {}
+    for stat in GRADIENT_STATS:
+        vals = [float(o[stat]) for o in overall if _numeric(o.get(stat))]
+        if vals:
+            out[f"gradient_{stat}"] = statistics.fmean(vals)
+    return out
+
+
 def method_metrics(entry: Mapping[str, Any]) -> dict[str, float]:
     """The numeric per-method metrics of one ``results.json`` method entry.
 
     Every number in ``entry["metrics"]``, then every number in any other mapping of the entry whose
     key ends in ``metrics`` (e.g. ``ranking_metrics``), prefixed by that key's stem when the name is
-    already taken. ``None`` values and non-numbers are left out.
+    already taken, then :func:`gradient_summary`. ``None`` values and non-numbers are left out.
     """
     out: dict[str, float] = {}
     sources = [("", entry.get("metrics") or {})]
@@ -115,7 +135,7 @@ def method_metrics(entry: Mapping[str, Any]) -> dict[str, float]:
             if _numeric(value):
                 key = name if name not in out else f"{stem}_{name}"
                 out[key] = float(value)
-    return out
+    return {**out, **gradient_summary(entry)}
 
 
 def run_metrics(results: Mapping[str, Any]) -> dict[str, dict[str, float]]:
@@ -168,6 +188,8 @@ def study_document(name: str, *, methods: Sequence[str], orders: Sequence[Sequen
             raise ValueError(f"run {r.get('run')!r}: status {r.get('status')!r} is not {DONE!r} or {FAILED!r}")
         if r["status"] == DONE and not isinstance(r.get("metrics"), Mapping):
             raise ValueError(f"run {r['run']!r}: done but no metrics")
+    from cl_platform.sweeps.claims import paper_claims  # claims builds on this module's mean_std
+
     per_order = [{"order_index": k, "order": list(o),
                   "runs": [r["run"] for r in runs if r["order_index"] == k and r["status"] == DONE],
                   "methods": aggregate_runs([r for r in runs if r["order_index"] == k])}
@@ -185,4 +207,5 @@ def study_document(name: str, *, methods: Sequence[str], orders: Sequence[Sequen
         "failed": [{"run": r["run"], "error": r.get("error") or "no results.json"} for r in runs if r["status"] == FAILED],
         "overall": aggregate_runs(runs),
         "per_order": per_order,
+        "claims": paper_claims(methods, runs),
     }

@@ -15,6 +15,8 @@ from typing import Any, Mapping, Sequence
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from cl_platform.sweeps.claims import claims_section
+
 
 def metric_names(doc: Mapping[str, Any]) -> list[str]:
     """Every metric of the study's overall aggregate, in first-seen order."""
@@ -63,7 +65,8 @@ def render_summary(doc: Mapping[str, Any], images: Mapping[str, str] | None = No
              f"Methods {', '.join(doc['methods'])}; {len(doc['orders'])} order(s) x {len(doc['seeds'])} seed(s) "
              f"({', '.join(str(s) for s in doc['seeds'])}); {len(done)} of {len(doc['runs'])} runs finished.",
              "", f"Values x 100, mean ± standard deviation (ddof {doc['std_ddof']}) over the finished runs.", "",
-             "## All orders and seeds", "", *_md_table(doc["overall"], metrics), ""]
+             "## All orders and seeds", "", *_md_table(doc["overall"], metrics), "",
+             *claims_section(doc.get("claims") or [])]
     for o in doc["per_order"]:
         lines += [f"## Order {o['order_index']}: {' → '.join(o['order'])}", "",
                   f"Over the seeds of this order ({len(o['runs'])} run(s)).", "",
