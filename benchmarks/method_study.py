@@ -33,12 +33,14 @@ from typing import Any, Mapping, Optional, Sequence
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 #: (metric, column title, scale): accuracies, forgetting, BWT and drops x 100; gradient figures as they are.
-COLUMNS = (("avg_accuracy", "final avg acc", 100), ("avg_forgetting", "forgetting", 100), ("bwt", "BWT", 100),
+COLUMNS = (("plasticity", "plasticity", 100), ("avg_accuracy", "final avg acc", 100),
+           ("earlier_accuracy", "kept (earlier tasks)", 100), ("avg_forgetting", "forgetting", 100), ("bwt", "BWT", 100),
            ("generation_drop", "generation drop", 100), ("ranking_avg_accuracy", "ranking acc", 100),
            ("ranking_forgetting", "ranking forgetting", 100), ("gradient_cosine", "grad cosine", 1),
            ("gradient_task_share", "task share", 1), ("gradient_generation_share", "generation share", 1))
 #: The metrics of the paired effects (replay, routing).
-EFFECTS = ("avg_accuracy", "avg_forgetting", "generation_drop", "ranking_forgetting")
+EFFECTS = ("plasticity", "avg_accuracy", "earlier_accuracy", "avg_forgetting", "generation_drop",
+           "ranking_forgetting")
 #: The metrics of the plot.
 PLOTTED = (("avg_accuracy", "final average accuracy (%)"), ("avg_forgetting", "average forgetting (points)"),
            ("generation_drop", "generation drop (points)"))

@@ -75,17 +75,19 @@ def file_upper_bound(path: str) -> dict[str, float]:
 
 def method_regime_metrics(entry: Mapping[str, Any], order: Sequence[str], upper: Mapping[str, float]) -> dict[str, Any]:
     """Plasticity, final accuracy, forgetting, generation drop and upper-bound gaps of one method's results."""
+    from cl_platform.eval.metrics import earlier_accuracy, plasticity
+
     R = np.asarray(entry["accuracy_matrix"], dtype=np.float64)
     diag = np.diag(R)
     metrics = entry["metrics"]
     gaps = {t: float(upper[t] - diag[i]) for i, t in enumerate(order) if t in upper}
     return {
-        "plasticity": float(diag.mean()),
+        "plasticity": plasticity(R),
         "diagonal": {t: float(diag[i]) for i, t in enumerate(order)},
         "final_accuracy": {t: float(R[-1, i]) for i, t in enumerate(order)},
         "avg_accuracy": float(metrics["avg_accuracy"]),
         "avg_forgetting": float(metrics["avg_forgetting"]),
-        "earlier_final": float(R[-1, :-1].mean()) if len(order) > 1 else None,
+        "earlier_final": earlier_accuracy(R),
         "generation_drop": float(metrics["generation_drop"]),
         "upper_bound_gap": gaps,
         "mean_gap": float(np.mean(list(gaps.values()))) if gaps else None,

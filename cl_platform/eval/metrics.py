@@ -128,6 +128,20 @@ def avg_accuracy(R: ArrayLike, tasks: Sequence[int] | None = None) -> float:
     return float(arr[-1, cols].mean())
 
 
+def plasticity(R: ArrayLike) -> float:
+    """Mean accuracy on each task right after training it: ``mean_i R[i][i]`` (the diagonal)."""
+    arr = check_accuracy_matrix(R)
+    return float(np.diag(arr).mean())
+
+
+def earlier_accuracy(R: ArrayLike) -> float | None:
+    """What is kept of the tasks before the last: ``mean_{j < T-1} R[T-1][j]`` (``None`` for one task).
+
+    Near 0 when forgetting is total, whatever the methods learned."""
+    arr = check_accuracy_matrix(R)
+    return float(arr[-1, :-1].mean()) if arr.shape[0] > 1 else None
+
+
 def avg_forgetting(R: ArrayLike, tasks: Sequence[int] | None = None) -> float:
     """Average forgetting (Chaudhry et al. 2018, "Riemannian Walk"), over the tasks before the last.
 

@@ -11,6 +11,9 @@ A study runs one sequence per (order, seed) cell, every method of the cell in th
 - a metric a run does not carry (absent, or ``None``) is aggregated over the runs that carry it,
   ``n`` saying how many; a run that failed or has no ``results.json`` is named in ``failed`` and
   left out of every aggregate;
+- from the method's accuracy matrix, ``plasticity`` (mean accuracy on each task right after
+  training it) and ``earlier_accuracy`` (final mean accuracy on the tasks before the last;
+  :mod:`cl_platform.eval.metrics`) enter beside the run's own metrics;
 - the gradient-conflict diagnostic of a method's rounds enters as ``gradient_<stat>`` per
   :data:`GRADIENT_STATS` (:func:`gradient_summary`);
 - ``claims``: the paper's claims about MoDE checked run by run (:mod:`cl_platform.sweeps.claims`).
@@ -104,6 +107,19 @@ def _numeric(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
+def matrix_summary(entry: Mapping[str, Any]) -> dict[str, float]:
+    """``plasticity`` and ``earlier_accuracy`` of the entry's ``accuracy_matrix`` (nothing when the
+    entry has none, or it is not a finite square matrix; ``earlier_accuracy`` not for one task)."""
+    from cl_platform.eval.metrics import earlier_accuracy, plasticity
+
+    try:
+        found = {"plasticity": plasticity(entry["accuracy_matrix"]),
+                 "earlier_accuracy": earlier_accuracy(entry["accuracy_matrix"])}
+    except (KeyError, ValueError):
+        return {}
+    return {k: v for k, v in found.items() if v is not None}
+
+
 def gradient_summary(entry: Mapping[str, Any]) -> dict[str, float]:
     """``gradient_<stat>``: the mean over the method's rounds that hold the gradient-conflict
     diagnostic (``rounds[i].gradient_conflict.overall``) of each of :data:`GRADIENT_STATS`, over the
@@ -124,7 +140,8 @@ def method_metrics(entry: Mapping[str, Any]) -> dict[str, float]:
 
     Every number in ``entry["metrics"]``, then every number in any other mapping of the entry whose
     key ends in ``metrics`` (e.g. ``ranking_metrics``), prefixed by that key's stem when the name is
-    already taken, then :func:`gradient_summary`. ``None`` values and non-numbers are left out.
+    already taken, then :func:`matrix_summary` and :func:`gradient_summary`. ``None`` values and
+    non-numbers are left out.
     """
     out: dict[str, float] = {}
     sources = [("", entry.get("metrics") or {})]
@@ -135,7 +152,7 @@ def method_metrics(entry: Mapping[str, Any]) -> dict[str, float]:
             if _numeric(value):
                 key = name if name not in out else f"{stem}_{name}"
                 out[key] = float(value)
-    return {**out, **gradient_summary(entry)}
+    return {**out, **matrix_summary(entry), **gradient_summary(entry)}
 
 
 def run_metrics(results: Mapping[str, Any]) -> dict[str, dict[str, float]]:

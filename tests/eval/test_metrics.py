@@ -12,8 +12,10 @@ from cl_platform.eval.metrics import (
     avg_forgetting,
     bwt,
     closed_tasks,
+    earlier_accuracy,
     fwt,
     generation_drop,
+    plasticity,
     ranking_summary,
     summarize,
 )
@@ -45,6 +47,14 @@ HAND_3X3 = {
     "fwt": 0.05,
     "generation_drop": 0.30,
 }
+
+
+def test_plasticity_and_what_is_kept_of_earlier_tasks_by_hand():
+    assert plasticity(R3) == pytest.approx((0.90 + 0.80 + 0.95) / 3, abs=1e-12)
+    assert earlier_accuracy(R3) == pytest.approx((0.60 + 0.50) / 2, abs=1e-12)
+    assert earlier_accuracy([[0.7]]) is None and plasticity([[0.7]]) == pytest.approx(0.7)
+    with pytest.raises(ValueError, match="not square"):
+        plasticity([[0.1, 0.2]])
 
 
 def test_hand_computed_3x3():

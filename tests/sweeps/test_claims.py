@@ -111,3 +111,10 @@ def test_gradient_conflict_of_the_rounds_is_averaged_into_study_metrics():
     assert S.method_metrics(entry) == pytest.approx({"avg_accuracy": 0.5, "gradient_cosine": -0.1,
                                                      "gradient_task_share": 0.75})
     assert S.gradient_summary({"metrics": {}}) == {}
+
+
+def test_plasticity_and_kept_accuracy_of_the_matrix_enter_the_study_metrics():
+    entry = {"metrics": {"avg_accuracy": 0.55}, "accuracy_matrix": [[0.9, 0.0], [0.2, 0.9]]}
+    assert S.method_metrics(entry) == pytest.approx({"avg_accuracy": 0.55, "plasticity": 0.9, "earlier_accuracy": 0.2})
+    assert S.matrix_summary({"accuracy_matrix": [[0.5, 0.1]]}) == {}  # not square: left out
+    assert S.matrix_summary({"accuracy_matrix": [[0.5]]}) == {"plasticity": 0.5}
