@@ -130,7 +130,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--routing", default="seqrouting", help="study of mode with the other routing ('' : none)")
     p.add_argument("--image", default=None, help="also copy the plot here (e.g. docs/images/method_study.png)")
     args = p.parse_args(argv)
-    sys.path.insert(0, ROOT)
     from cl_platform.store import Store
 
     store = Store(args.store)
